@@ -1,0 +1,32 @@
+"""Registries at the seams users extend. Each maps a config name to a builder called with
+`(cfg, input_shape)` (or `(cfg,)` for meta-architectures and `(cfg, input_shape)` for backbones,
+where `input_shape` is the image's `ShapeSpec`). A user's own module registers itself with
+`@BACKBONE_REGISTRY.register()` and is then picked by name from YAML."""
+
+from fvcore.common.registry import Registry
+
+META_ARCH_REGISTRY = Registry("META_ARCH")
+META_ARCH_REGISTRY.__doc__ = "Whole models, chosen by MODEL.META_ARCHITECTURE; called as obj(cfg)."
+
+BACKBONE_REGISTRY = Registry("BACKBONE")
+BACKBONE_REGISTRY.__doc__ = (
+    "Backbones, chosen by MODEL.BACKBONE.NAME; called as obj(cfg, input_shape) and returning a "
+    "Backbone (an nn.Module with output_shape() -> dict[str, ShapeSpec])."
+)
+
+SEM_SEG_HEADS_REGISTRY = Registry("SEM_SEG_HEADS")
+SEM_SEG_HEADS_REGISTRY.__doc__ = (
+    "Segmentation heads, chosen by MODEL.SEM_SEG_HEAD.NAME; called as obj(cfg, input_shape)."
+)
+
+PIXEL_DECODER_REGISTRY = Registry("PIXEL_DECODER")
+PIXEL_DECODER_REGISTRY.__doc__ = (
+    "Pixel decoders, chosen by MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME; called as obj(cfg, input_shape) "
+    "with the backbone's output shapes."
+)
+
+TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
+TRANSFORMER_DECODER_REGISTRY.__doc__ = (
+    "Transformer decoders, chosen by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME; called as "
+    "obj(cfg, in_channels, mask_classification)."
+)
