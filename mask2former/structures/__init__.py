@@ -1,0 +1,4 @@
+from .image_list import ImageList
+from .instances import Boxes, Instances
+
+__all__ = ["Boxes", "ImageList", "Instances"]
