@@ -1,0 +1,1 @@
+"""Training engine: trainer, hooks, launch, checkpointing, solver."""
