@@ -7,13 +7,41 @@ Shape shorthand in this module:
 
 Sampling locations are normalised to [0, 1] per level, (x, y) order; bilinear sampling treats the
 feature map as zero outside (grid_sample with align_corners=False and zero padding).
+
+Two implementations:
+- the compiled op `torch.ops.mask2former.ms_deform_attn` from the extension `mask2former._C`
+  (C++ CPU kernels, CUDA kernels when built with them), with autograd and a fake implementation
+  registered here so that it works under `torch.compile` and `torch.export`;
+- `ms_deform_attn_reference`, pure PyTorch (one grid_sample per level): the test oracle, and the
+  fallback when the extension is not built.
+`ms_deform_attn(..., impl="auto")` picks the compiled op when it is loaded for the input's device.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import warnings
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+__all__ = ["compiled_op_available", "load_extension", "ms_deform_attn", "ms_deform_attn_reference"]
+
+BUILD_HINT = (
+    "build it with `pip install --no-build-isolation -e .` from the repository root "
+    "(add FORCE_CUDA=1 to compile the CUDA kernels on a machine without a visible GPU)"
+)
+_EXTENSION = "mask2former._C"
+_OP_NAME = "mask2former::ms_deform_attn"
+_BACKWARD_NAME = "mask2former::ms_deform_attn_backward"
+_IMPLS = ("auto", "compiled", "reference")
+
+# Filled by load_extension() on its first call: {"module": the loaded extension or None}.
+_loaded: dict[str, ModuleType | None] = {}
+_fallback_warned: set[str] = set()
 
 
 def ms_deform_attn_reference(
@@ -47,16 +75,122 @@ def ms_deform_attn_reference(
     return out.view(B, M * D, Q).transpose(1, 2).contiguous()
 
 
-def ms_deform_attn(
+def _fake_forward(
     value: Tensor,
     spatial_shapes: Tensor,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
+    """Output metadata of the compiled op: [B, Q, M * D] in value's dtype."""
+    B, _, M, D = value.shape
+    return value.new_empty((B, sampling_locations.shape[1], M * D))
+
+
+def _fake_backward(
+    grad_output: Tensor,
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradient metadata: the shapes and dtypes of value, sampling_locations and attention_weights."""
+    return (
+        value.new_empty(value.shape),
+        sampling_locations.new_empty(sampling_locations.shape),
+        attention_weights.new_empty(attention_weights.shape),
+    )
+
+
+def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+    grad_value, grad_locations, grad_weights = torch.ops.mask2former.ms_deform_attn_backward(
+        grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+    return grad_value, None, None, grad_locations, grad_weights
+
+
+def load_extension() -> ModuleType | None:
+    """Load `mask2former._C` once and register autograd and the fake kernels of its ops.
+
+    Returns the module, or None when the extension is not built. An extension that exists but fails to
+    load (e.g. built against another torch) raises ImportError with the command that rebuilds it.
+    """
+    if "module" in _loaded:
+        return _loaded["module"]
+    module = None
+    if importlib.util.find_spec(_EXTENSION) is not None:
+        try:
+            module = importlib.import_module(_EXTENSION)
+        except ImportError as err:
+            raise ImportError(
+                f"{_EXTENSION} is installed but does not load ({err}); re-{BUILD_HINT}"
+            ) from err
+        torch.library.register_fake(_OP_NAME)(_fake_forward)
+        torch.library.register_fake(_BACKWARD_NAME)(_fake_backward)
+        torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
+    _loaded["module"] = module
+    return module
+
+
+def compiled_op_available(device: torch.device | str) -> bool:
+    """Whether the compiled op has kernels for `device` (CPU always when built; CUDA when built with nvcc)."""
+    module = load_extension()
+    if module is None:
+        return False
+    device_type = torch.device(device).type
+    return device_type in ("cpu", "meta") or (device_type == "cuda" and module.WITH_CUDA)
+
+
+def _warn_fallback_once(device_type: str) -> None:
+    if device_type in _fallback_warned:
+        return
+    _fallback_warned.add(device_type)
+    built = load_extension() is not None
+    reason = f"was built without {device_type} kernels" if built else "is not built"
+    warnings.warn(
+        f"ms_deform_attn: the compiled op ({_EXTENSION}) {reason}; using the slower PyTorch path on "
+        f"{device_type}. To use the compiled op, {BUILD_HINT}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    impl: str = "auto",
+) -> Tensor:
     """Multi-scale deformable attention: [B, S, M, D] values -> [B, Q, M * D].
 
     The one entry point the model calls; see `ms_deform_attn_reference` for the argument shapes.
-    `level_start_index` [L] is the offset of each level in S.
+    `spatial_shapes` [L, 2] and `level_start_index` [L] (offset of each level in S) are int64.
+    `impl`: "compiled" (the extension; raises if it has no kernel for the device), "reference" (pure
+    PyTorch), or "auto": compiled when available for `value.device`, else the reference with a one-time
+    warning that says how to build the op. The compiled op accepts float16 / bfloat16 values with
+    float32 locations and weights (as under autocast), accumulates in float32 and returns value's dtype.
     """
-    return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
+    if impl not in _IMPLS:
+        raise ValueError(f"ms_deform_attn: impl must be one of {_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = "compiled" if compiled_op_available(value.device) else "reference"
+        if impl == "reference":
+            _warn_fallback_once(value.device.type)
+    elif impl == "compiled" and not compiled_op_available(value.device):
+        raise RuntimeError(
+            f"ms_deform_attn: impl='compiled' but {_EXTENSION} has no kernel for {value.device.type} "
+            f"(extension loaded: {load_extension() is not None}); {BUILD_HINT}"
+        )
+    if impl == "reference":
+        return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
+    return torch.ops.mask2former.ms_deform_attn(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )

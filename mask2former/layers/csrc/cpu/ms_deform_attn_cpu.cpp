@@ -1,0 +1,181 @@
+// CPU kernels of multi-scale deformable attention (float32, float64, and float16 / bfloat16 with float
+// accumulation). Forward: parallel over (batch, query). Backward: parallel over (batch, head), so each
+// task owns the slice value[b, :, m, :] of grad_value and accumulates into it without atomics.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../ms_deform_attn.h"
+
+namespace mask2former {
+
+namespace {
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                    const at::opmath_type<scalar_t>* loc, const at::opmath_type<scalar_t>* attn, scalar_t* out,
+                    const MsdaSizes& n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t pos_stride = n.M * n.D;  // between positions of one head in value
+  at::parallel_for(0, n.B * n.Q, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(n.D);
+    for (int64_t bq = begin; bq < end; ++bq) {
+      const int64_t b = bq / n.Q;
+      for (int64_t m = 0; m < n.M; ++m) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        const int64_t sample0 = (bq * n.M + m) * n.L * n.P;  // first (l, p) of this (b, q, m)
+        for (int64_t l = 0; l < n.L; ++l) {
+          const scalar_t* v_level = value + (b * n.S + starts[l]) * pos_stride + m * n.D;
+          for (int64_t p = 0; p < n.P; ++p) {
+            const int64_t s = sample0 + l * n.P + p;
+            Bilinear<acc_t> bl;
+            if (!make_bilinear(loc[2 * s], loc[2 * s + 1], shapes[2 * l], shapes[2 * l + 1], bl)) {
+              continue;
+            }
+            for (int k = 0; k < 4; ++k) {
+              if (bl.index[k] < 0) {
+                continue;
+              }
+              const acc_t w = attn[s] * bl.weight[k];
+              const scalar_t* v = v_level + bl.index[k] * pos_stride;
+              acc_t* a = acc.data();
+              for (int64_t d = 0; d < n.D; ++d) {
+                a[d] += w * static_cast<acc_t>(v[d]);
+              }
+            }
+          }
+        }
+        scalar_t* o = out + (bq * n.M + m) * n.D;
+        for (int64_t d = 0; d < n.D; ++d) {
+          o[d] = static_cast<scalar_t>(acc[d]);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                     const at::opmath_type<scalar_t>* loc, const at::opmath_type<scalar_t>* attn,
+                     at::opmath_type<scalar_t>* grad_value, at::opmath_type<scalar_t>* grad_loc,
+                     at::opmath_type<scalar_t>* grad_attn, const MsdaSizes& n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t pos_stride = n.M * n.D;
+  at::parallel_for(0, n.B * n.M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> go(n.D);
+    for (int64_t bm = begin; bm < end; ++bm) {
+      const int64_t b = bm / n.M, m = bm % n.M;
+      for (int64_t q = 0; q < n.Q; ++q) {
+        const int64_t bq = b * n.Q + q;
+        const scalar_t* go_src = grad_out + (bq * n.M + m) * n.D;
+        for (int64_t d = 0; d < n.D; ++d) {
+          go[d] = static_cast<acc_t>(go_src[d]);
+        }
+        const int64_t sample0 = (bq * n.M + m) * n.L * n.P;
+        for (int64_t l = 0; l < n.L; ++l) {
+          const int64_t level_offset = (b * n.S + starts[l]) * pos_stride + m * n.D;
+          const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
+          for (int64_t p = 0; p < n.P; ++p) {
+            const int64_t s = sample0 + l * n.P + p;
+            Bilinear<acc_t> bl;
+            if (!make_bilinear(loc[2 * s], loc[2 * s + 1], height, width, bl)) {
+              grad_attn[s] = 0;
+              grad_loc[2 * s] = 0;
+              grad_loc[2 * s + 1] = 0;
+              continue;
+            }
+            acc_t dot[4] = {0, 0, 0, 0};
+            for (int k = 0; k < 4; ++k) {
+              if (bl.index[k] < 0) {
+                continue;
+              }
+              const int64_t offset = level_offset + bl.index[k] * pos_stride;
+              const scalar_t* v = value + offset;
+              acc_t* gv = grad_value + offset;
+              const acc_t w = attn[s] * bl.weight[k];
+              const acc_t* g = go.data();
+              acc_t sum = 0;
+              for (int64_t d = 0; d < n.D; ++d) {
+                sum += g[d] * static_cast<acc_t>(v[d]);
+                gv[d] += w * g[d];
+              }
+              dot[k] = sum;
+            }
+            grad_attn[s] = bilinear_value(bl, dot);
+            grad_loc[2 * s] = attn[s] * bilinear_dx(bl, dot, width);
+            grad_loc[2 * s + 1] = attn[s] * bilinear_dy(bl, dot, height);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_forward_cpu(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const MsdaSizes n =
+      check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const at::Tensor v = value.contiguous();
+  const at::ScalarType acc_type = at::toOpMathType(value.scalar_type());
+  const at::Tensor loc = sampling_locations.to(acc_type).contiguous();
+  const at::Tensor attn = attention_weights.to(acc_type).contiguous();
+  const at::Tensor shapes = spatial_shapes.contiguous();
+  const at::Tensor starts = level_start_index.contiguous();
+  at::Tensor out = at::empty({n.B, n.Q, n.M * n.D}, value.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    forward_kernel<scalar_t>(v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
+                             starts.const_data_ptr<int64_t>(), loc.const_data_ptr<acc_t>(),
+                             attn.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& grad_output,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const MsdaSizes n = check_ms_deform_attn_backward_inputs(grad_output, value, spatial_shapes, level_start_index,
+                                                           sampling_locations, attention_weights);
+  const at::Tensor go = grad_output.to(value.scalar_type()).contiguous();
+  const at::Tensor v = value.contiguous();
+  const at::ScalarType acc_type = at::toOpMathType(value.scalar_type());
+  const at::Tensor loc = sampling_locations.to(acc_type).contiguous();
+  const at::Tensor attn = attention_weights.to(acc_type).contiguous();
+  const at::Tensor shapes = spatial_shapes.contiguous();
+  const at::Tensor starts = level_start_index.contiguous();
+  const auto acc_options = value.options().dtype(acc_type);
+  at::Tensor grad_value = at::zeros(value.sizes(), acc_options);
+  at::Tensor grad_loc = at::empty(sampling_locations.sizes(), acc_options);
+  at::Tensor grad_attn = at::empty(attention_weights.sizes(), acc_options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    backward_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+                              shapes.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(),
+                              loc.const_data_ptr<acc_t>(), attn.const_data_ptr<acc_t>(),
+                              grad_value.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<acc_t>(),
+                              grad_attn.mutable_data_ptr<acc_t>(), n);
+  });
+  return {grad_value.to(value.scalar_type()), grad_loc.to(sampling_locations.scalar_type()),
+          grad_attn.to(attention_weights.scalar_type())};
+}
+
+}  // namespace mask2former
+
+TORCH_LIBRARY_IMPL(mask2former, CPU, m) {
+  m.impl("ms_deform_attn", &mask2former::ms_deform_attn_forward_cpu);
+  m.impl("ms_deform_attn_backward", &mask2former::ms_deform_attn_backward_cpu);
+}
