@@ -1,4 +1,15 @@
 from .ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
+from .position_encoding import PositionEmbeddingSine
 from .shape_spec import ShapeSpec
+from .wrappers import Conv2d, c2_msra_fill, c2_xavier_fill, get_norm
 
-__all__ = ["ShapeSpec", "ms_deform_attn", "ms_deform_attn_reference"]
+__all__ = [
+    "Conv2d",
+    "PositionEmbeddingSine",
+    "ShapeSpec",
+    "c2_msra_fill",
+    "c2_xavier_fill",
+    "get_norm",
+    "ms_deform_attn",
+    "ms_deform_attn_reference",
+]

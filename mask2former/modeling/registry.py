@@ -3,7 +3,31 @@
 where `input_shape` is the image's `ShapeSpec`). A user's own module registers itself with
 `@BACKBONE_REGISTRY.register()` and is then picked by name from YAML."""
 
-from fvcore.common.registry import Registry
+from __future__ import annotations
+
+from typing import Any
+
+from fvcore.common.registry import Registry as _FvRegistry
+
+
+class Registry(_FvRegistry):
+    """fvcore's Registry, whose `register` also takes the config name to register under:
+    `@REG.register()` (the object's own name), `@REG.register("MaskFormerHead")`, or
+    `REG.register(obj)`."""
+
+    def register(self, obj: Any = None, name: str | None = None) -> Any:
+        if isinstance(obj, str):
+            obj, name = None, obj
+        if obj is None:
+
+            def deco(func_or_class: Any) -> Any:
+                self._do_register(name or func_or_class.__name__, func_or_class)
+                return func_or_class
+
+            return deco
+        self._do_register(name or obj.__name__, obj)
+        return obj
+
 
 META_ARCH_REGISTRY = Registry("META_ARCH")
 META_ARCH_REGISTRY.__doc__ = "Whole models, chosen by MODEL.META_ARCHITECTURE; called as obj(cfg)."

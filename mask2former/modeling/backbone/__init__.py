@@ -1,3 +1,4 @@
 from .backbone import Backbone
+from .resnet import ResNet, build_resnet_backbone
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "ResNet", "build_resnet_backbone"]

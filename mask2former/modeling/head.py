@@ -1,0 +1,44 @@
+"""`MaskFormerHead`: pixel decoder + Transformer decoder, chosen by name from the config."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..layers import ShapeSpec
+from .registry import PIXEL_DECODER_REGISTRY, SEM_SEG_HEADS_REGISTRY, TRANSFORMER_DECODER_REGISTRY
+
+
+class MaskFormerHead(nn.Module):
+    """Backbone features -> {"pred_logits", "pred_masks", "aux_outputs"}."""
+
+    def __init__(
+        self, pixel_decoder: nn.Module, predictor: nn.Module, *, num_classes: int, ignore_value: int = 255
+    ):
+        super().__init__()
+        self.pixel_decoder = pixel_decoder
+        self.predictor = predictor
+        self.num_classes = num_classes
+        self.ignore_value = ignore_value
+
+    def forward(self, features: dict[str, Tensor]) -> dict:
+        mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
+        return self.predictor(multi_scale_features, mask_features)
+
+
+@SEM_SEG_HEADS_REGISTRY.register("MaskFormerHead")
+def build_maskformer_head(cfg, input_shape: dict[str, ShapeSpec]) -> MaskFormerHead:
+    """Pixel decoder by MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME, Transformer decoder by
+    MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME (fed the pixel decoder's multi-scale features)."""
+    head = cfg.MODEL.SEM_SEG_HEAD
+    if cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE != "multi_scale_pixel_decoder":
+        raise ValueError(
+            "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE must be 'multi_scale_pixel_decoder' for Mask2Former, "
+            f"got {cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE!r}"
+        )
+    pixel_decoder = PIXEL_DECODER_REGISTRY.get(head.PIXEL_DECODER_NAME)(cfg, input_shape)
+    predictor = TRANSFORMER_DECODER_REGISTRY.get(cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME)(
+        cfg, head.CONVS_DIM, True
+    )
+    return MaskFormerHead(
+        pixel_decoder, predictor, num_classes=head.NUM_CLASSES, ignore_value=head.IGNORE_VALUE
+    )

@@ -1,0 +1,3 @@
+from .msdeformattn import MSDeformAttnPixelDecoder, build_msdeformattn_pixel_decoder
+
+__all__ = ["MSDeformAttnPixelDecoder", "build_msdeformattn_pixel_decoder"]

@@ -1,0 +1,121 @@
+"""Turning one image's query predictions into semantic, panoptic and instance results.
+
+Vectorised: each function works on whole tensors and synchronises with the host at most once
+(panoptic: to number the kept segments), unlike a per-query Python loop.
+
+Shape shorthand: Q queries, K classes (K + 1 logits with "no object"), H, W output size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..structures import Boxes, Instances
+
+
+def sem_seg_postprocess(
+    result: Tensor, img_size: tuple[int, int], output_height: int, output_width: int
+) -> Tensor:
+    """Crop padding off [C, Hp, Wp] predictions and resize them to the output size: [C, H, W]."""
+    result = result[:, : img_size[0], : img_size[1]].unsqueeze(0)
+    return F.interpolate(result, size=(output_height, output_width), mode="bilinear", align_corners=False)[0]
+
+
+def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
+    """mask_cls [Q, K+1] logits, mask_pred [Q, H, W] logits -> per-class scores [K, H, W]."""
+    probs = mask_cls.softmax(-1)[..., :-1]
+    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+
+
+def panoptic_inference(
+    mask_cls: Tensor,
+    mask_pred: Tensor,
+    *,
+    is_thing: Tensor,
+    object_mask_threshold: float,
+    overlap_threshold: float,
+) -> tuple[Tensor, list[dict]]:
+    """mask_cls [Q, K+1], mask_pred [Q, H, W] logits, is_thing bool [K] ->
+    (segment ids int32 [H, W] with 0 for unassigned, segments_info).
+
+    A query is kept when its best class is not "no object" and scores above
+    `object_mask_threshold`. Each pixel goes to the kept query with the highest score * mask
+    probability, inside that query's mask (prob >= 0.5). A segment survives when it keeps at least
+    `overlap_threshold` of its own mask; all segments of one stuff class share one id."""
+    num_classes = mask_cls.shape[-1] - 1
+    scores, labels = mask_cls.softmax(-1).max(-1)  # [Q]
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    cur_scores, cur_classes, cur_masks = (
+        scores[keep],
+        labels[keep],
+        mask_pred[keep].sigmoid(),
+    )  # [N], [N], [N, H, W]
+    h, w = mask_pred.shape[-2:]
+    n = cur_masks.shape[0]
+    if n == 0:
+        return torch.zeros((h, w), dtype=torch.int32, device=mask_pred.device), []
+    mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # [H, W]
+    foreground = cur_masks >= 0.5  # [N, H, W]
+    inside = foreground.gather(0, mask_ids[None])[0]  # [H, W]: pixel inside its winner's mask
+    won_area = torch.bincount(mask_ids.flatten(), minlength=n)
+    own_area = foreground.flatten(1).sum(1)
+    final_area = torch.bincount(mask_ids[inside], minlength=n)
+    valid = (won_area > 0) & (own_area > 0) & (final_area > 0)
+    valid &= won_area.double() >= overlap_threshold * own_area.double()
+    valid_cpu, classes_cpu = valid.cpu().tolist(), cur_classes.cpu().tolist()  # the one host sync
+    is_thing_cpu = is_thing.cpu().tolist()
+    segment_of_query = [0] * n
+    segments_info: list[dict] = []
+    stuff_ids: dict[int, int] = {}
+    for k in range(n):
+        if not valid_cpu[k]:
+            continue
+        cls, thing = classes_cpu[k], bool(is_thing_cpu[classes_cpu[k]])
+        if not thing and cls in stuff_ids:
+            segment_of_query[k] = stuff_ids[cls]
+            continue
+        segment_id = len(segments_info) + 1
+        segments_info.append({"id": segment_id, "isthing": thing, "category_id": cls})
+        if not thing:
+            stuff_ids[cls] = segment_id
+        segment_of_query[k] = segment_id
+    lut = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_pred.device)
+    panoptic_seg = torch.where(inside, lut[mask_ids], 0).to(torch.int32)
+    return panoptic_seg, segments_info
+
+
+def instance_inference(
+    mask_cls: Tensor,
+    mask_pred: Tensor,
+    *,
+    max_detections: int,
+    is_thing: Tensor | None,
+) -> Instances:
+    """mask_cls [Q, K+1], mask_pred [Q, H, W] logits -> the top `max_detections` (query, class)
+    pairs as Instances sorted by score: `pred_masks` bool [N, H, W], `pred_boxes` (tight boxes of
+    the masks), `scores` (class probability x mean mask probability inside the mask),
+    `pred_classes`. With `is_thing` given (panoptic inference on), stuff classes are dropped."""
+    num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
+    probs = mask_cls.softmax(-1)[:, :-1]  # [Q, K]
+    k = min(max_detections, num_queries * num_classes)
+    top_scores, top_idx = probs.flatten().topk(k, sorted=True)
+    labels = top_idx % num_classes
+    queries = torch.div(top_idx, num_classes, rounding_mode="floor")
+    if is_thing is not None:
+        thing = is_thing[labels]
+        top_scores, labels, queries = top_scores[thing], labels[thing], queries[thing]
+    masks = mask_pred[queries]  # [N, H, W]
+    binary = masks > 0
+    mask_scores = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    scores = top_scores * mask_scores
+    order = scores.argsort(descending=True)
+    binary = binary[order]
+    return Instances(
+        tuple(mask_pred.shape[-2:]),
+        pred_masks=binary,
+        pred_boxes=Boxes.from_masks(binary),
+        scores=scores[order],
+        pred_classes=labels[order],
+    )

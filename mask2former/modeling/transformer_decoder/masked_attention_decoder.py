@@ -1,0 +1,227 @@
+"""Masked-attention Transformer decoder (`MultiScaleMaskedTransformerDecoder`).
+
+Learnable query features predict masks before the first layer; each layer then runs
+cross-attention masked to the previous prediction's foreground (sigmoid >= 0.5), self-attention
+and a feed-forward network, round-robin over the 1/32, 1/16, 1/8 feature scales. Every layer's
+prediction is returned for deep supervision.
+
+Shape shorthand: B batch, Q queries, C hidden dim, K classes, M heads, HW positions of a scale,
+H, W mask-feature size (1/4 of the padded image).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...layers import PositionEmbeddingSine, c2_xavier_fill
+from ..registry import TRANSFORMER_DECODER_REGISTRY
+
+
+class SelfAttentionLayer(nn.Module):
+    """Post-norm (or pre-norm) self-attention among queries; sequences are [Q, B, C]."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        _xavier(self)
+
+    def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
+        x = self.norm(tgt) if self.normalize_before else tgt
+        q = k = x + query_pos
+        out = tgt + self.dropout(self.self_attn(q, k, value=x, need_weights=False)[0])
+        return out if self.normalize_before else self.norm(out)
+
+
+class CrossAttentionLayer(nn.Module):
+    """Queries attend to one feature scale, with an optional attention mask [B*M, Q, HW]."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        _xavier(self)
+
+    def forward(
+        self, tgt: Tensor, memory: Tensor, attn_mask: Tensor | None, pos: Tensor, query_pos: Tensor
+    ) -> Tensor:
+        """tgt [Q, B, C], memory/pos [HW, B, C], attn_mask bool [B*M, Q, HW] (True = blocked)"""
+        x = self.norm(tgt) if self.normalize_before else tgt
+        attn = self.multihead_attn(
+            query=x + query_pos, key=memory + pos, value=memory, attn_mask=attn_mask, need_weights=False
+        )[0]
+        out = tgt + self.dropout(attn)
+        return out if self.normalize_before else self.norm(out)
+
+
+class FFNLayer(nn.Module):
+    """Two-layer ReLU feed-forward with a residual and LayerNorm."""
+
+    def __init__(
+        self, d_model: int, dim_feedforward: int = 2048, dropout: float = 0.0, normalize_before: bool = False
+    ):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+        _xavier(self)
+
+    def forward(self, tgt: Tensor) -> Tensor:
+        x = self.norm(tgt) if self.normalize_before else tgt
+        out = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        return out if self.normalize_before else self.norm(out)
+
+
+def _xavier(module: nn.Module) -> None:
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (`layers.0`, `layers.1`, ...)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
+        return x
+
+
+class MultiScaleMaskedTransformerDecoder(nn.Module):
+    """Multi-scale features + mask features -> class logits and masks for every layer."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        mask_classification: bool = True,
+        *,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        nheads: int,
+        dim_feedforward: int,
+        dec_layers: int,
+        pre_norm: bool,
+        mask_dim: int,
+        enforce_input_project: bool,
+        num_feature_levels: int = 3,
+    ):
+        super().__init__()
+        if not mask_classification:
+            raise ValueError("MultiScaleMaskedTransformerDecoder only supports mask classification")
+        if dec_layers < 1:
+            raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {dec_layers}")
+        self.num_heads = nheads
+        self.num_layers = dec_layers - 1  # the first prediction comes from the learnable queries
+        self.num_feature_levels = num_feature_levels
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, nheads, normalize_before=pre_norm) for _ in range(self.num_layers)
+        )
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, nheads, normalize_before=pre_norm) for _ in range(self.num_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, normalize_before=pre_norm) for _ in range(self.num_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.num_queries = num_queries
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)  # learnable query features
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)  # learnable query positions
+        self.level_embed = nn.Embedding(num_feature_levels, hidden_dim)
+        self.input_proj = nn.ModuleList()
+        for _ in range(num_feature_levels):
+            if in_channels != hidden_dim or enforce_input_project:
+                proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
+                c2_xavier_fill(proj)
+                self.input_proj.append(proj)
+            else:
+                self.input_proj.append(nn.Identity())
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def forward(self, x: list[Tensor], mask_features: Tensor) -> dict:
+        """x: 3 x [B, C_in, H_l, W_l] (coarse to fine), mask_features [B, mask_dim, H, W] ->
+        {"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, H, W], "aux_outputs": [...]}"""
+        if len(x) != self.num_feature_levels:
+            raise ValueError(f"expected {self.num_feature_levels} feature scales, got {len(x)}")
+        sizes = [tuple(f.shape[-2:]) for f in x]
+        srcs, pos = [], []
+        for i, f in enumerate(x):
+            pos.append(self.pe_layer(f).flatten(2).permute(2, 0, 1))  # [HW, B, C]
+            src = self.input_proj[i](f).flatten(2) + self.level_embed.weight[i][None, :, None]
+            srcs.append(src.permute(2, 0, 1))  # [HW, B, C]
+        b = mask_features.shape[0]
+        query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
+        output = self.query_feat.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
+
+        classes, masks = [], []
+        logits, mask, attn_mask = self.predict(output, mask_features, sizes[0])
+        classes.append(logits)
+        masks.append(mask)
+        for i in range(self.num_layers):
+            level = i % self.num_feature_levels
+            output = self.transformer_cross_attention_layers[i](
+                output, srcs[level], attn_mask, pos[level], query_pos
+            )
+            output = self.transformer_self_attention_layers[i](output, query_pos)
+            output = self.transformer_ffn_layers[i](output)
+            logits, mask, attn_mask = self.predict(
+                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
+            )
+            classes.append(logits)
+            masks.append(mask)
+        return {
+            "pred_logits": classes[-1],
+            "pred_masks": masks[-1],
+            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])],
+        }
+
+    def predict(
+        self, output: Tensor, mask_features: Tensor, target_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """output [Q, B, C] -> class logits [B, Q, K+1], masks [B, Q, H, W], and the attention
+        mask for the next layer, bool [B*M, Q, h*w] at `target_size` (True = blocked)."""
+        decoded = self.decoder_norm(output).transpose(0, 1)  # [B, Q, C]
+        logits = self.class_embed(decoded)
+        mask = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
+        resized = F.interpolate(mask, size=target_size, mode="bilinear", align_corners=False)
+        blocked = (resized.flatten(2).sigmoid() < 0.5).detach()  # [B, Q, hw]
+        blocked &= ~blocked.all(-1, keepdim=True)  # a query that sees nothing sees everything
+        attn_mask = blocked.repeat_interleave(self.num_heads, dim=0)  # [B*M, Q, hw]
+        return logits, mask, attn_mask
+
+
+@TRANSFORMER_DECODER_REGISTRY.register("MultiScaleMaskedTransformerDecoder")
+def build_masked_transformer_decoder(
+    cfg, in_channels: int, mask_classification: bool = True
+) -> MultiScaleMaskedTransformerDecoder:
+    """Reads MODEL.MASK_FORMER.{HIDDEN_DIM, NUM_OBJECT_QUERIES, NHEADS, DIM_FEEDFORWARD, DEC_LAYERS,
+    PRE_NORM, ENFORCE_INPUT_PROJ}, MODEL.SEM_SEG_HEAD.{NUM_CLASSES, MASK_DIM}."""
+    mf = cfg.MODEL.MASK_FORMER
+    return MultiScaleMaskedTransformerDecoder(
+        in_channels,
+        mask_classification,
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        hidden_dim=mf.HIDDEN_DIM,
+        num_queries=mf.NUM_OBJECT_QUERIES,
+        nheads=mf.NHEADS,
+        dim_feedforward=mf.DIM_FEEDFORWARD,
+        dec_layers=mf.DEC_LAYERS,
+        pre_norm=mf.PRE_NORM,
+        mask_dim=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+        enforce_input_project=mf.ENFORCE_INPUT_PROJ,
+    )
