@@ -1,0 +1,121 @@
+"""Command line and per-run set-up shared by the tools: `default_argument_parser()`,
+`default_setup(cfg, args)` and `add_engine_config(cfg)` (the engine's own config keys)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+from mask2former.utils import dist as dist_utils
+from mask2former.utils.logger import setup_logger
+
+ENGINE_CONFIG_KEYS = {
+    # autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a GradScaler) or "bfloat16"
+    ("SOLVER", "AMP", "PRECISION"): "float16",
+    # drop the update of a step whose loss is NaN/inf instead of stopping the run
+    ("SOLVER", "SKIP_NONFINITE_STEPS"): False,
+}
+
+
+def add_engine_config(cfg) -> None:
+    """Add the keys the training engine reads beyond Detectron2's defaults (see
+    ENGINE_CONFIG_KEYS). Keys already defined by the config defaults are left alone."""
+    for path, default in ENGINE_CONFIG_KEYS.items():
+        node = cfg
+        for part in path[:-1]:
+            node = node[part]
+        if path[-1] not in node:
+            node[path[-1]] = default
+
+
+def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """Detectron2's command line: config file, resume/eval-only, distributed options and
+    trailing `KEY VALUE` config overrides."""
+    parser = argparse.ArgumentParser(
+        epilog=epilog
+        or (
+            "Examples:\n"
+            "  one machine:   python tools/train_net.py --config-file cfg.yaml --num-gpus 8\n"
+            "  resume:        python tools/train_net.py --config-file cfg.yaml --num-gpus 8 --resume\n"
+            "  evaluate:      python tools/train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS model.pth\n"
+            "  two machines:  (machine 0) --num-machines 2 --machine-rank 0 --dist-url tcp://host0:port\n"
+            "                 (machine 1) --num-machines 2 --machine-rank 1 --dist-url tcp://host0:port\n"
+            "  torchrun/SLURM: rank and world size come from the environment"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to the config file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint named by OUTPUT_DIR/last_checkpoint",
+    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on DATASETS.TEST")
+    parser.add_argument("--num-gpus", type=int, default=1, help="number of workers per machine")
+    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument(
+        "--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines-1)"
+    )
+    parser.add_argument(
+        "--dist-url",
+        default="auto",
+        help="initialisation URL of the process group, e.g. tcp://host0:29500; 'auto' picks a free local "
+        "port (one machine only)",
+    )
+    parser.add_argument(
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. SOLVER.IMS_PER_BATCH 16",
+    )
+    return parser
+
+
+def seed_all_rng(seed: int | None = None) -> int:
+    """Seed python, numpy and torch (CPU and CUDA); a random seed when None. Returns it."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
+def default_setup(cfg, args: argparse.Namespace) -> None:
+    """Per-worker set-up: create OUTPUT_DIR, log to the console and OUTPUT_DIR/log.txt, log
+    the environment, command line and config, dump the full config to OUTPUT_DIR/config.yaml
+    (rank 0), seed the RNGs with SEED + rank (random when SEED < 0), set cudnn.benchmark."""
+    output_dir = cfg.OUTPUT_DIR
+    rank = dist_utils.get_rank()
+    if dist_utils.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+    dist_utils.synchronize()
+    logger = setup_logger(output_dir, distributed_rank=rank, name="mask2former")
+    setup_logger(output_dir, distributed_rank=rank, name="__main__")
+
+    logger.info("Rank of current process: %d. World size: %d", rank, dist_utils.get_world_size())
+    logger.info(
+        "Python %s, torch %s, CUDA available: %s",
+        sys.version.split()[0],
+        torch.__version__,
+        torch.cuda.is_available(),
+    )
+    logger.info("Command line arguments: %s", args)
+    if getattr(args, "config_file", ""):
+        with open(args.config_file) as f:
+            logger.info("Contents of config file %s:\n%s", args.config_file, f.read())
+    if dist_utils.is_main_process():
+        path = os.path.join(output_dir, "config.yaml")
+        with open(path, "w") as f:
+            f.write(cfg.dump())
+        logger.info("Full config saved to %s", path)
+
+    seed = seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    logger.info("Seeded the RNGs of rank %d with %d", rank, seed)
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)

@@ -1,0 +1,299 @@
+"""The training loop, in the spirit of Detectron2's `DefaultTrainer`.
+
+    trainer = Trainer(cfg)             # model, optimizer, scheduler, data, scaler, DDP, hooks
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()                    # iterations start_iter .. SOLVER.MAX_ITER - 1
+
+Customise by subclassing and overriding the classmethods `build_model`, `build_optimizer`,
+`build_lr_scheduler`, `build_train_loader`, `build_test_loader`, `build_evaluator`, or the
+method `build_hooks`.
+
+One step (`run_step`): next batch -> model(batch) under autocast when SOLVER.AMP.ENABLED ->
+dict of `loss_*` scalars -> mean over workers (one all-reduce, also used for logging) -> a
+non-finite term stops the run with FloatingPointError naming the term(s) and the iteration,
+or, with SOLVER.SKIP_NONFINITE_STEPS, drops that update -> backward (GradScaler for float16)
+-> unscale, clip gradients, optimizer step. The LRScheduler hook steps the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mask2former.utils import dist as dist_utils
+from mask2former.utils.events import (
+    CommonMetricPrinter,
+    EventStorage,
+    EventWriter,
+    JSONWriter,
+    TensorboardWriter,
+)
+
+from . import hooks as hooks_module
+from .checkpointer import Checkpointer, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def amp_dtype(cfg) -> torch.dtype:
+    """The autocast dtype SOLVER.AMP.PRECISION names."""
+    precision = cfg.SOLVER.AMP.PRECISION
+    if precision not in _AMP_DTYPES:
+        raise ValueError(f"SOLVER.AMP.PRECISION must be one of {sorted(_AMP_DTYPES)}, got {precision!r}")
+    return _AMP_DTYPES[precision]
+
+
+def create_ddp_model(model: nn.Module) -> nn.Module:
+    """Wrap `model` in DistributedDataParallel when several workers run (a no-op otherwise)."""
+    if dist_utils.get_world_size() == 1:
+        return model
+    param = next(model.parameters())
+    device_ids = [param.device.index] if param.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+
+
+class Trainer:
+    """Builds everything from `cfg` and runs the training loop with hooks."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        model = self.build_model(cfg)
+        self.optimizer = self.build_optimizer(cfg, model)
+        self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
+        self.data_loader = self.build_train_loader(cfg)
+        self.model = create_ddp_model(model)
+        self.device = torch.device(cfg.MODEL.DEVICE)
+
+        self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
+        self.amp_dtype = amp_dtype(cfg)
+        use_scaler = self.amp_enabled and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.skip_nonfinite = bool(cfg.SOLVER.SKIP_NONFINITE_STEPS)
+
+        from .solver import GradientClipSettings, clip_gradients
+
+        self._clip_gradients = clip_gradients
+        self._clip_settings = GradientClipSettings.from_cfg(cfg)
+        self.checkpointer = Checkpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            data_loader=self.data_loader,
+        )
+        self.start_iter = 0
+        self.iter = 0
+        self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self.storage: EventStorage
+        self._data_iter: Iterator | None = None
+        self._hooks: list[hooks_module.HookBase] = []
+        self.register_hooks(self.build_hooks())
+
+    # ---- set-up --------------------------------------------------------------------------
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With `resume` and a `last_checkpoint` in OUTPUT_DIR: restore the whole training
+        state and continue after its iteration. Otherwise load MODEL.WEIGHTS (when set) into
+        the model and start at iteration 0."""
+        if resume and self.checkpointer.has_checkpoint():
+            path = self.checkpointer.get_checkpoint_file()
+            self.start_iter = self.checkpointer.load(path) + 1
+            return
+        if resume:
+            logger.info("No checkpoint in %s to resume from: starting from iteration 0", self.cfg.OUTPUT_DIR)
+        if self.cfg.MODEL.WEIGHTS:
+            from mask2former.checkpoint import load_weights
+
+            load_weights(unwrap_model(self.model), self.cfg.MODEL.WEIGHTS)
+        self.start_iter = 0
+
+    def build_hooks(self) -> list[hooks_module.HookBase]:
+        cfg = self.cfg
+        ret: list[hooks_module.HookBase] = [
+            hooks_module.IterationTimer(),
+            hooks_module.LRScheduler(),
+            hooks_module.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter),
+            hooks_module.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(self.cfg, self.model)),
+        ]
+        if dist_utils.is_main_process():
+            ret.append(hooks_module.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+    def build_writers(self) -> list[EventWriter]:
+        """Console lines, `OUTPUT_DIR/metrics.json` and TensorBoard events in OUTPUT_DIR."""
+        out = self.cfg.OUTPUT_DIR
+        os.makedirs(out, exist_ok=True)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(out, "metrics.json")),
+            TensorboardWriter(out),
+        ]
+
+    def register_hooks(self, hooks: list[hooks_module.HookBase | None]) -> None:
+        for h in hooks:
+            if h is None:
+                continue
+            h.trainer = self
+            self._hooks.append(h)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def train(self) -> None:
+        logger.info("Starting training from iteration %d to %d", self.start_iter, self.max_iter)
+        self.iter = self.start_iter
+        self._data_iter = iter(self.data_loader)
+        self.model.train()
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                for h in self._hooks:
+                    h.before_train()
+                for it in range(self.start_iter, self.max_iter):
+                    self.iter = self.storage.iter = it
+                    for h in self._hooks:
+                        h.before_step()
+                    self.run_step()
+                    for h in self._hooks:
+                        h.after_step()
+                self.iter = self.max_iter
+            finally:
+                for h in self._hooks:
+                    h.after_train()
+
+    def run_step(self) -> None:
+        start = time.perf_counter()
+        data = next(self._data_iter)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
+            loss_dict = self.model(data)
+        names, mean_losses = self._reduce_losses(loss_dict)
+        losses = sum(loss_dict[k] for k in names)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        bad = [n for n, v in zip(names, mean_losses) if not math.isfinite(v)]
+        if bad:
+            self._on_nonfinite(names, mean_losses, bad, losses)
+            return
+        self.scaler.scale(losses).backward()
+        self.scaler.unscale_(self.optimizer)
+        self._clip_gradients(self._clip_settings, [p for g in self.optimizer.param_groups for p in g["params"]])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+        self.storage.put_scalar("data_time", data_time)
+        self.storage.put_scalar("total_loss", sum(mean_losses))
+        self.storage.put_scalars(**dict(zip(names, mean_losses)))
+
+    def _reduce_losses(self, loss_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[float]]:
+        """Check the model's loss dict; return its names and each term's mean over workers."""
+        if not isinstance(loss_dict, Mapping) or not loss_dict:
+            raise TypeError(
+                f"in training mode the model must return a non-empty dict of losses, got {type(loss_dict)}"
+            )
+        names = sorted(loss_dict)
+        for k in names:
+            v = loss_dict[k]
+            if not k.startswith("loss_"):
+                raise KeyError(
+                    f"the model returned {k!r}: every entry of the training output must be a loss_* term"
+                )
+            if not isinstance(v, torch.Tensor) or v.dim() != 0:
+                raise TypeError(f"loss {k!r} must be a scalar tensor, got {getattr(v, 'shape', type(v))}")
+        stacked = torch.stack([loss_dict[k].detach().float() for k in names])
+        return names, dist_utils.all_reduce_mean(stacked).cpu().tolist()
+
+    def _on_nonfinite(
+        self, names: list[str], values: list[float], bad: list[str], losses: torch.Tensor
+    ) -> None:
+        where = (
+            "" if dist_utils.get_world_size() == 1 else f" (mean over {dist_utils.get_world_size()} workers)"
+        )
+        terms = ", ".join(f"{n}={v}" for n, v in zip(names, values) if n in bad)
+        message = f"Non-finite loss at iteration {self.iter}: {terms}{where}"
+        if not self.skip_nonfinite:
+            logger.error(message)
+            raise FloatingPointError(message)
+        logger.warning("%s; skipping this update (SOLVER.SKIP_NONFINITE_STEPS)", message)
+        # The backward still runs so that DDP's gradient reduction completes on every worker;
+        # its gradients are then dropped.
+        if isinstance(self.model, DistributedDataParallel):
+            self.scaler.scale(losses).backward()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.storage.put_scalar("skipped_steps", 1.0, smoothing_hint=False)
+
+    # ---- builders users override ---------------------------------------------------------
+    @classmethod
+    def build_model(cls, cfg) -> nn.Module:
+        from mask2former.modeling import build_model
+
+        model = build_model(cfg)
+        logger.info("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
+        from .solver import build_optimizer
+
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(
+        cls, cfg, optimizer: torch.optim.Optimizer
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        from .solver import build_lr_scheduler
+
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        from mask2former.data import build_detection_train_loader
+
+        return build_detection_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        from mask2former.data import build_detection_test_loader
+
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
+        from mask2former.evaluation import build_evaluator
+
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model: nn.Module) -> OrderedDict:
+        """Evaluate `model` on every dataset of DATASETS.TEST. Returns {dataset: metrics}
+        (the metrics alone when there is one dataset; empty when there is none)."""
+        results: OrderedDict = OrderedDict()
+        if not cfg.DATASETS.TEST:
+            return results
+        from mask2former.evaluation import inference_on_dataset, print_csv_format
+
+        was_training = model.training
+        model.eval()
+        try:
+            for name in cfg.DATASETS.TEST:
+                loader = cls.build_test_loader(cfg, name)
+                evaluator = cls.build_evaluator(cfg, name)
+                results[name] = inference_on_dataset(model, loader, evaluator)
+                if dist_utils.is_main_process():
+                    logger.info("Evaluation results for %s in csv format:", name)
+                    print_csv_format(results[name])
+        finally:
+            model.train(was_training)
+        if len(results) == 1:
+            return OrderedDict(next(iter(results.values())))
+        return results

@@ -1,0 +1,2 @@
+"""Utilities, one topic per module: distributed helpers (`dist`), logging (`logger`), training
+events and metric writers (`events`)."""

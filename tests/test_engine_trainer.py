@@ -1,0 +1,128 @@
+"""Trainer in one process: exact resume, non-finite losses, metrics writers, AMP."""
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+from test_engine_toy import ToyTrainer, toy_cfg
+
+from mask2former.engine.checkpointer import find_nonfinite
+from mask2former.engine.defaults import seed_all_rng
+from mask2former.engine.hooks import HookBase
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAt(HookBase):
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise _Stop
+
+
+def _run(cfg, resume=False, extra_hooks=(), setup=None):
+    seed_all_rng(cfg.SEED)
+    trainer = ToyTrainer(cfg)
+    trainer.register_hooks(list(extra_hooks))
+    if setup is not None:
+        setup(trainer)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    return trainer
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.checkpointer.model.state_dict().items()}
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mask2former")
+    overrides = {"SOLVER.MAX_ITER": 10, "SOLVER.CHECKPOINT_PERIOD": 3}
+    reference = _weights(_run(toy_cfg(tmp_path / "ref", **overrides)))
+
+    cfg = toy_cfg(tmp_path / "cut", **overrides)
+    with pytest.raises(_Stop):
+        _run(cfg, extra_hooks=[_StopAt(6)])  # dies after checkpoint model_0000005 (iteration 5)
+    assert (tmp_path / "cut" / "last_checkpoint").read_text() == "model_0000005.pth"
+    resumed = _run(cfg, resume=True)
+    assert resumed.start_iter == 6
+    for k, v in reference.items():
+        assert torch.equal(v, resumed.checkpointer.model.state_dict()[k]), k
+    init = _weights(ToyTrainer(cfg))
+    assert not all(torch.equal(init[k], v) for k, v in reference.items())
+
+    # metrics.json: one line per logging period (iterations 9 at the end), TensorBoard events
+    lines = [json.loads(x) for x in (tmp_path / "ref" / "metrics.json").read_text().splitlines()]
+    assert lines[-1]["iteration"] == 9
+    assert {"loss_fit", "loss_reg", "total_loss", "lr", "time", "data_time"} <= set(lines[-1])
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "ref"))
+    console = [r.getMessage() for r in caplog.records if r.name == "mask2former.utils.events"]
+    assert any(
+        all(s in m for s in ("eta:", "iter: 9/10", "loss_fit:", "total_loss:", "lr:", "time:"))
+        for m in console
+    )
+
+
+def test_nonfinite_loss_stops_with_the_term_and_iteration(tmp_path):
+    cfg = toy_cfg(tmp_path, **{"SOLVER.CHECKPOINT_PERIOD": 2})
+
+    def inject(trainer):
+        trainer.checkpointer.model.nan_at_call = 5  # iteration 4
+
+    with pytest.raises(FloatingPointError, match=r"iteration 4: loss_reg=nan"):
+        _run(cfg, setup=inject)
+    saved = sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth"))
+    assert saved == ["model_0000001.pth", "model_0000003.pth"]
+    for name in saved:
+        state = torch.load(tmp_path / name, weights_only=True)["model"]
+        assert find_nonfinite(state) == []
+
+
+def test_skip_mode_drops_the_nonfinite_update(tmp_path):
+    cfg = toy_cfg(tmp_path, **{"SOLVER.SKIP_NONFINITE_STEPS": True, "SOLVER.MAX_ITER": 6})
+    snapshots = {}
+
+    class Snapshot(HookBase):
+        def before_step(self):
+            snapshots[("before", self.trainer.iter)] = _weights(self.trainer)
+
+        def after_step(self):
+            snapshots[("after", self.trainer.iter)] = _weights(self.trainer)
+
+    def inject(trainer):
+        trainer.checkpointer.model.nan_at_call = 3  # iteration 2
+
+    trainer = _run(cfg, extra_hooks=[Snapshot()], setup=inject)
+    assert trainer.iter == 6
+    before, after = snapshots[("before", 2)], snapshots[("after", 2)]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    before, after = snapshots[("before", 3)], snapshots[("after", 3)]
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+    assert find_nonfinite(_weights(trainer)) == []
+    assert trainer.storage.history("skipped_steps").values() == [(1.0, 2)]
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_amp_steps_update_the_weights(tmp_path, precision):
+    cfg = toy_cfg(
+        tmp_path, **{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": precision, "SOLVER.MAX_ITER": 3}
+    )
+    seed_all_rng(cfg.SEED)
+    trainer = ToyTrainer(cfg)
+    init = _weights(trainer)
+    trainer.train()
+    assert trainer.scaler.is_enabled() == (precision == "float16")
+    final = _weights(trainer)
+    assert find_nonfinite(final) == []
+    assert not all(torch.equal(init[k], final[k]) for k in init)
+
+
+def test_bad_amp_precision_is_named(tmp_path):
+    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION"):
+        ToyTrainer(toy_cfg(tmp_path, **{"SOLVER.AMP.PRECISION": "fp8"}))
