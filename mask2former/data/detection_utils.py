@@ -1,0 +1,170 @@
+"""Decoding images and annotations into arrays, with errors that name the file.
+
+Images are decoded as Detectron2 does: EXIF orientation applied, then converted to the
+requested format ("RGB", "BGR" or "L"); grayscale, palette, RGBA and 16-bit images are converted
+with PIL. PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) is left in force.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pycocotools.mask as mask_util
+from PIL import Image, ImageOps
+
+
+class DatasetFormatError(ValueError):
+    """An annotation or image that cannot be used; the message names the file."""
+
+
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def read_image(file_name: str, format: str = "RGB") -> np.ndarray:
+    """Decode an image file. Returns uint8 [H, W, 3] in `format` ("RGB" or "BGR") or [H, W, 1]
+    for "L". Raises DatasetFormatError (naming the file) for a missing, corrupt or truncated file."""
+    if format not in ("RGB", "BGR", "L"):
+        raise ValueError(f"Unsupported image format {format!r}; use 'RGB', 'BGR' or 'L'")
+    try:
+        with Image.open(file_name) as img:
+            img.load()  # decode now, so a truncated file fails here
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I") and format != "L":
+                # 16/32-bit grayscale: PIL's convert("RGB") clips at 255, as Detectron2 does.
+                img = img.convert("L")
+            img = img.convert("L" if format == "L" else "RGB")
+            arr = np.asarray(img)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Image file not found: {file_name}") from e
+    except _IMAGE_ERRORS as e:
+        raise DatasetFormatError(f"Cannot decode image {file_name}: {e}") from e
+    if format == "BGR":
+        arr = arr[:, :, ::-1]
+    if format == "L":
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr)
+
+
+def read_label_png(file_name: str) -> np.ndarray:
+    """A label image (semantic ids, 8 or 16 bit, palette indices kept) as int64 [H, W]."""
+    try:
+        with Image.open(file_name) as img:
+            img.load()
+            if img.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I"):
+                raise DatasetFormatError(
+                    f"Label image {file_name} has mode {img.mode!r}; expected a single-channel PNG"
+                )
+            arr = np.asarray(img).astype(np.int64)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Label file not found: {file_name}") from e
+    except _IMAGE_ERRORS as e:
+        raise DatasetFormatError(f"Cannot decode label image {file_name}: {e}") from e
+    return arr
+
+
+def rgb2id(color: np.ndarray) -> np.ndarray:
+    """Panoptic PNG colours [H, W, 3] -> segment ids [H, W] (id = R + 256 G + 256^2 B), int64."""
+    color = color.astype(np.int64)
+    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """Segment ids [H, W] -> panoptic PNG colours uint8 [H, W, 3]."""
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def read_panoptic_png(file_name: str) -> np.ndarray:
+    """A COCO-format panoptic PNG as segment ids int64 [H, W]."""
+    try:
+        with Image.open(file_name) as img:
+            img.load()
+            arr = np.asarray(img.convert("RGB"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Panoptic PNG not found: {file_name}") from e
+    except _IMAGE_ERRORS as e:
+        raise DatasetFormatError(f"Cannot decode panoptic PNG {file_name}: {e}") from e
+    return rgb2id(arr)
+
+
+def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
+    """The decoded image must match the size the annotation file states."""
+    h, w = image.shape[:2]
+    if (
+        "height" in dataset_dict
+        and "width" in dataset_dict
+        and (dataset_dict["height"], dataset_dict["width"]) != (h, w)
+    ):
+        raise DatasetFormatError(
+            f"Image {dataset_dict.get('file_name')} is {h}x{w} but its annotation says "
+            f"{dataset_dict['height']}x{dataset_dict['width']}"
+        )
+    dataset_dict.setdefault("height", h)
+    dataset_dict.setdefault("width", w)
+
+
+def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.ndarray:
+    """A COCO segmentation (polygon list, uncompressed RLE with a counts list, or compressed RLE)
+    -> bool [H, W]."""
+    if isinstance(segm, list):
+        polys = [np.asarray(p, dtype=np.float64).ravel() for p in segm]
+        polys = [p for p in polys if len(p) >= 6]
+        if not polys:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_util.merge(mask_util.frPyObjects([p.tolist() for p in polys], height, width))
+    elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [height, width]:
+            raise DatasetFormatError(
+                f"RLE of size {segm['size']} in {source} does not match image {height}x{width}"
+            )
+        rle = mask_util.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
+        if isinstance(rle["counts"], str):
+            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    elif isinstance(segm, np.ndarray):
+        if segm.shape != (height, width):
+            raise DatasetFormatError(
+                f"Mask of shape {segm.shape} in {source} does not match image {height}x{width}"
+            )
+        return segm.astype(bool)
+    else:
+        raise DatasetFormatError(f"Unknown segmentation format {type(segm).__name__} in {source}")
+    return mask_util.decode(rle).astype(bool)
+
+
+def panoptic_to_targets(
+    pan_ids: np.ndarray, segments_info: list[dict], source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Panoptic ids [H, W] + segments_info -> (classes int64 [N], masks bool [N, H, W],
+    iscrowd bool [N]) for the segments that appear. A segment listed but absent from the PNG is
+    skipped (COCO has a few); a PNG id absent from the JSON (other than 0) is an error."""
+    listed = {int(s["id"]) for s in segments_info}
+    present = set(np.unique(pan_ids).tolist()) - {0}
+    unknown = present - listed
+    if unknown:
+        raise DatasetFormatError(
+            f"Panoptic PNG {source} has segment ids {sorted(unknown)[:10]} that its JSON does not list"
+        )
+    classes, masks, crowd = [], [], []
+    for s in segments_info:
+        m = pan_ids == int(s["id"])
+        if not m.any():
+            continue
+        classes.append(int(s["category_id"]))
+        masks.append(m)
+        crowd.append(bool(s.get("iscrowd", 0)))
+    h, w = pan_ids.shape
+    if not masks:
+        return np.zeros(0, np.int64), np.zeros((0, h, w), bool), np.zeros(0, bool)
+    return np.asarray(classes, np.int64), np.stack(masks), np.asarray(crowd, bool)
+
+
+__all__ = [
+    "DatasetFormatError",
+    "check_image_size",
+    "id2rgb",
+    "panoptic_to_targets",
+    "read_image",
+    "read_label_png",
+    "read_panoptic_png",
+    "rgb2id",
+    "segmentation_to_mask",
+]
