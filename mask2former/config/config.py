@@ -73,7 +73,9 @@ def safe_eval(expr: str) -> Any:
             if not isinstance(node.target, ast.Name):
                 raise ConfigError(f"config expression {expr!r}: only simple loop variables are allowed")
             bound.add(node.target.id)
-        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _SAFE_CALLS):
+        if isinstance(node, ast.Call) and not (
+            isinstance(node.func, ast.Name) and node.func.id in _SAFE_CALLS
+        ):
             raise ConfigError(f"config expression {expr!r} calls something other than range/int/float")
         if isinstance(node, ast.Call) and node.keywords:
             raise ConfigError(f"config expression {expr!r}: keyword arguments are not allowed")
@@ -88,7 +90,11 @@ class _SafeConfigLoader(yaml.SafeLoader):
 
 
 def _construct_eval(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    args = loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else [loader.construct_scalar(node)]
+    args = (
+        loader.construct_sequence(node)
+        if isinstance(node, yaml.SequenceNode)
+        else [loader.construct_scalar(node)]
+    )
     if len(args) != 1 or not isinstance(args[0], str):
         raise ConfigError(f"!!python/object/apply:eval takes one string, got {args!r}")
     return safe_eval(args[0])
@@ -155,7 +161,10 @@ class CfgNode(_FvCfgNode):
         known = self._keep_known(loaded, self, "", cfg_filename, ignored)
         if ignored:
             logger.warning(
-                "%s: ignoring %d key(s) this project does not use: %s", cfg_filename, len(ignored), ", ".join(ignored)
+                "%s: ignoring %d key(s) this project does not use: %s",
+                cfg_filename,
+                len(ignored),
+                ", ".join(ignored),
             )
         self.merge_from_other_cfg(type(self)(known))
 
@@ -194,7 +203,9 @@ class CfgNode(_FvCfgNode):
                 continue
             close = difflib.get_close_matches(str(k), list(defaults.keys()), n=1, cutoff=0.8)
             if section not in _OPEN_SECTIONS or close:
-                raise ConfigError(f"{source}: unknown config key {full!r}{_suggest(str(k), list(defaults), section)}")
+                raise ConfigError(
+                    f"{source}: unknown config key {full!r}{_suggest(str(k), list(defaults), section)}"
+                )
             ignored.append(full)
         return known
 

@@ -19,13 +19,17 @@ class ImageList:
         return len(self.image_sizes)
 
     @classmethod
-    def from_tensors(cls, tensors: list[Tensor], size_divisibility: int = 0, pad_value: float = 0.0) -> ImageList:
+    def from_tensors(
+        cls, tensors: list[Tensor], size_divisibility: int = 0, pad_value: float = 0.0
+    ) -> ImageList:
         """Pad [C, H, W] tensors to a common size, rounded up to `size_divisibility` when > 1."""
         if not tensors:
             raise ValueError("ImageList.from_tensors got an empty list of images")
         for t in tensors:
             if t.dim() != 3 or t.shape[0] != tensors[0].shape[0]:
-                raise ValueError(f"images must be [C, H, W] with the same C, got shapes {[tuple(x.shape) for x in tensors]}")
+                raise ValueError(
+                    f"images must be [C, H, W] with the same C, got shapes {[tuple(x.shape) for x in tensors]}"
+                )
         sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
         max_h = max(h for h, _ in sizes)
         max_w = max(w for _, w in sizes)

@@ -92,7 +92,9 @@ class Instances:
         return self._fields
 
     def to(self, device: Any) -> Instances:
-        return Instances(self._image_size, **{k: v.to(device) if hasattr(v, "to") else v for k, v in self._fields.items()})
+        return Instances(
+            self._image_size, **{k: v.to(device) if hasattr(v, "to") else v for k, v in self._fields.items()}
+        )
 
     def __getitem__(self, item) -> Instances:
         if isinstance(item, int):
