@@ -149,7 +149,7 @@ class MaskFormer(nn.Module):
 
 def _thing_classes_mask(cfg) -> Tensor | None:
     """bool [K]: which contiguous class ids are things, from the training set's metadata."""
-    from ..data.catalog import MetadataCatalog
+    from ..data import MetadataCatalog
 
     if not cfg.DATASETS.TRAIN:
         return None
