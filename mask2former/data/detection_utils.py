@@ -32,7 +32,7 @@ def read_image(file_name: str, format: str = "RGB") -> np.ndarray:
                 # 16/32-bit grayscale: PIL's convert("RGB") clips at 255, as Detectron2 does.
                 img = img.convert("L")
             img = img.convert("L" if format == "L" else "RGB")
-            arr = np.asarray(img)
+            arr = np.array(img)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"Image file not found: {file_name}") from e
     except _IMAGE_ERRORS as e:

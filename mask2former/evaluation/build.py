@@ -37,11 +37,6 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
     if etype == "coco_panoptic_seg" and test.SEMANTIC_ON and "sem_seg_root" in meta:
         evs.append(SemSegEvaluator(dataset_name, output_dir=output_folder))
     if etype == "cityscapes_instance" or (etype == "cityscapes_panoptic_seg" and test.INSTANCE_ON):
-        if etype == "cityscapes_panoptic_seg":
-            raise ValueError(
-                f"{dataset_name}: Cityscapes instance AP on the panoptic split needs the instance split's "
-                "metadata; evaluate cityscapes_fine_instance_seg_val instead"
-            )
         evs.append(CityscapesInstanceEvaluator(dataset_name))
     if etype == "cityscapes_sem_seg" or (etype == "cityscapes_panoptic_seg" and test.SEMANTIC_ON):
         evs.append(CityscapesSemSegEvaluator(dataset_name))
