@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 from mask2former.utils import dist as dist_utils
 
@@ -182,7 +183,7 @@ def launch(
         try:
             while not context.join():
                 pass
-        except mp.ProcessException as e:
+        except ProcessException as e:
             raise WorkerFailedError(
                 _describe_failure(e, error_dir, machine_rank, num_gpus_per_machine)
             ) from None
@@ -209,15 +210,20 @@ def _distributed_worker(
     except BaseException:
         # Record when and how this rank failed, so the parent reports the first failure
         # (the others are usually peers losing their connection to it).
-        with open(os.path.join(error_dir, f"rank{rank}"), "w") as f:
+        # Written under a temporary name and renamed, so the parent never reads half a report.
+        report = os.path.join(error_dir, f"rank{rank}")
+        with open(report + ".tmp", "w") as f:
             f.write(f"{time.time()}\n{traceback.format_exc()}")
+        os.replace(report + ".tmp", report)
         raise
     dist.destroy_process_group()
 
 
-def _describe_failure(error: mp.ProcessException, error_dir: str, machine_rank: int, per_machine: int) -> str:
+def _describe_failure(error: ProcessException, error_dir: str, machine_rank: int, per_machine: int) -> str:
     reports = []
     for name in os.listdir(error_dir):
+        if name.endswith(".tmp"):
+            continue
         with open(os.path.join(error_dir, name)) as f:
             stamp, tb = f.read().split("\n", 1)
         reports.append((float(stamp), int(name.removeprefix("rank")), tb))
@@ -228,8 +234,8 @@ def _describe_failure(error: mp.ProcessException, error_dir: str, machine_rank: 
         tail = f"\n(ranks {others} failed after it)" if others else ""
         return f"worker rank {rank} failed:\n{tb.rstrip()}{tail}"
     rank = machine_rank * per_machine + error.error_index
-    if isinstance(error, mp.ProcessExitedException) and error.signal_name:
+    if isinstance(error, ProcessExitedException) and error.signal_name:
         return f"worker rank {rank} (pid {error.pid}) was killed by signal {error.signal_name}"
-    if isinstance(error, mp.ProcessExitedException):
+    if isinstance(error, ProcessExitedException):
         return f"worker rank {rank} (pid {error.pid}) exited with code {error.exit_code}"
     return f"worker rank {rank} failed:\n{error}"
