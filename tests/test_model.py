@@ -135,3 +135,26 @@ def test_outside_module_registered_and_built_from_yaml(tmp_path):
     with torch.no_grad():
         out = model([{"image": _image(64, 96)}])
     assert out[0]["sem_seg"].shape == (5, 64, 96)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_inference_keeps_float32_outputs(dtype):
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    reference = build_model(cfg).eval()
+    cfg.MODEL.INFERENCE_DTYPE = dtype
+    low = build_model(cfg).eval()
+    low.load_state_dict(reference.state_dict())
+    inputs = [{"image": _image(64, 96)}]
+    with torch.no_grad():
+        ref_out, low_out = reference(inputs)[0], low(inputs)[0]
+    assert low_out["sem_seg"].dtype == torch.float32
+    assert low_out["instances"].scores.dtype == torch.float32
+    torch.testing.assert_close(low_out["sem_seg"], ref_out["sem_seg"], rtol=0.1, atol=0.05)
+
+
+def test_unknown_inference_dtype_is_named():
+    cfg = tiny_cfg()
+    cfg.MODEL.INFERENCE_DTYPE = "float8"
+    with pytest.raises(ValueError, match="MODEL.INFERENCE_DTYPE"):
+        build_model(cfg)

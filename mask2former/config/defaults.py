@@ -17,6 +17,12 @@ _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
 _C.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 _C.MODEL.WEIGHTS = ""
+# This project's own keys.
+# Precision of the network at inference ("float32", "bfloat16", "float16"), through autocast; the
+# post-processing that decides outputs always runs in float32.
+_C.MODEL.INFERENCE_DTYPE = "float32"
+# Compile the backbone and head with torch.compile (post-processing stays eager).
+_C.MODEL.COMPILE = False
 
 _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.FREEZE_AT = 2

@@ -30,8 +30,12 @@ def build_model(cfg) -> torch.nn.Module:
     """The model named by MODEL.META_ARCHITECTURE, with random weights, on MODEL.DEVICE.
     Load weights with `mask2former.checkpoint.load_weights(model, cfg.MODEL.WEIGHTS)`."""
     device = resolve_device(cfg.MODEL.DEVICE)
-    model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
-    return model.to(device)
+    model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg).to(device)
+    if cfg.MODEL.COMPILE:
+        # In place, so parameter names (and checkpoints) stay those of the eager model.
+        model.backbone.compile()
+        model.sem_seg_head.compile()
+    return model
 
 
 __all__ = [

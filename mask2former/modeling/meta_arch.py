@@ -41,6 +41,7 @@ class MaskFormer(nn.Module):
         panoptic_on: bool,
         instance_on: bool,
         test_topk_per_image: int,
+        inference_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         if panoptic_on and thing_classes_mask is None:
@@ -65,6 +66,7 @@ class MaskFormer(nn.Module):
         )
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
+        self.inference_dtype = inference_dtype
 
     @property
     def device(self) -> torch.device:
@@ -89,13 +91,15 @@ class MaskFormer(nn.Module):
 
     def forward(self, batched_inputs: list[dict]):
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features)
         if self.training:
+            outputs = self.sem_seg_head(self.backbone(images.tensor))
             if "instances" not in batched_inputs[0]:
                 raise KeyError("training inputs need 'instances' with gt_classes and gt_masks")
             targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
             return self.criterion(outputs, targets)
+        low_precision = self.inference_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.inference_dtype, enabled=low_precision):
+            outputs = self.sem_seg_head(self.backbone(images.tensor))
         return self.postprocess(outputs, batched_inputs, images)
 
     def prepare_targets(self, gt_instances: list, images: ImageList) -> list[dict[str, Tensor]]:
@@ -110,9 +114,11 @@ class MaskFormer(nn.Module):
         return targets
 
     def postprocess(self, outputs: dict, batched_inputs: list[dict], images: ImageList) -> list[dict]:
-        mask_cls_results = outputs["pred_logits"]  # [B, Q, K+1]
+        """Per image: crop and resize predictions to the output size, then the switched-on
+        inferences, all in float32."""
+        mask_cls_results = outputs["pred_logits"].float()  # [B, Q, K+1]
         mask_pred_results = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+            outputs["pred_masks"].float(), size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
         )  # [B, Q, Hp, Wp]
         results = []
         for mask_cls, mask_pred, x, image_size in zip(
@@ -122,7 +128,6 @@ class MaskFormer(nn.Module):
             r = {}
             if self.sem_seg_postprocess_before_inference:
                 mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
-            mask_cls, mask_pred = mask_cls.float(), mask_pred.float()
             if self.semantic_on:
                 sem_seg = semantic_inference(mask_cls, mask_pred)
                 if not self.sem_seg_postprocess_before_inference:
@@ -204,4 +209,12 @@ def build_maskformer(cfg) -> MaskFormer:
         panoptic_on=test.PANOPTIC_ON,
         instance_on=test.INSTANCE_ON,
         test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        inference_dtype=_inference_dtype(cfg.MODEL.INFERENCE_DTYPE),
     )
+
+
+def _inference_dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"MODEL.INFERENCE_DTYPE must be one of {sorted(dtypes)}, got {name!r}")
+    return dtypes[name]
