@@ -445,9 +445,11 @@ def test_panoptic_mappers_alignment(tmp_path, mapper_name):
 
 def test_panoptic_png_json_mismatch_names_file(tmp_path):
     paths = make_coco_panoptic(tmp_path)
-    data = json.loads(open(paths["panoptic_json"]).read())
+    with open(paths["panoptic_json"]) as f:
+        data = json.load(f)
     data["annotations"][0]["segments_info"] = data["annotations"][0]["segments_info"][:1]
-    open(paths["panoptic_json"], "w").write(json.dumps(data))
+    with open(paths["panoptic_json"], "w") as f:
+        json.dump(data, f)
     name = _unique_name("t_pan_bad")
     register_coco_panoptic(name, {}, **paths)
     cfg = base_cfg(name, "coco_panoptic_lsj", 2)
