@@ -126,3 +126,35 @@ def test_amp_steps_update_the_weights(tmp_path, precision):
 def test_bad_amp_precision_is_named(tmp_path):
     with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION"):
         ToyTrainer(toy_cfg(tmp_path, **{"SOLVER.AMP.PRECISION": "fp8"}))
+
+
+def test_default_train_loader_resumes_its_data_order(tmp_path):
+    from mask2former.data import DatasetCatalog
+    from mask2former.engine.trainer import ResumableTrainLoader
+
+    name = "engine_test_resumable_loader"
+    DatasetCatalog.register(name, lambda: [{"image_id": i, "height": 8, "width": 8} for i in range(7)])
+    try:
+        cfg = toy_cfg(
+            tmp_path,
+            **{
+                "DATASETS.TRAIN": (name,),
+                "DATALOADER.NUM_WORKERS": 0,
+                "DATALOADER.ASPECT_RATIO_GROUPING": False,
+                "DATALOADER.FILTER_EMPTY_ANNOTATIONS": False,
+                "SOLVER.IMS_PER_BATCH": 3,
+            },
+        )
+
+        def ids(loader, n):
+            it = iter(loader)
+            return [[d["image_id"] for d in next(it)] for _ in range(n)]
+
+        first = ResumableTrainLoader(cfg, mapper=dict)
+        stream = ids(first, 6)
+        assert first.state_dict() == {"seed": 7, "position": 6}
+        resumed = ResumableTrainLoader(cfg, mapper=dict)
+        resumed.load_state_dict({"seed": 7, "position": 4})
+        assert ids(resumed, 2) == stream[4:]
+    finally:
+        DatasetCatalog.remove(name)

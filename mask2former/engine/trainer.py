@@ -62,6 +62,36 @@ def create_ddp_model(model: nn.Module) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
 
 
+class ResumableTrainLoader:
+    """`build_detection_train_loader` with `state_dict()` / `load_state_dict()`, so the
+    checkpoint holds the data position: the shuffling seed (cfg.SEED, or a random seed shared
+    by the ranks when SEED < 0) and the number of batches handed to the trainer. Iterating
+    after `load_state_dict` yields exactly the batches an uninterrupted run sees from there.
+
+    Use it in a `build_train_loader` override to pass your own mapper.
+    """
+
+    def __init__(self, cfg, mapper=None):
+        self.cfg = cfg
+        self.mapper = mapper
+        self.seed = int(cfg.SEED) if cfg.SEED >= 0 else dist_utils.shared_random_seed()
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.seed, self.position = int(state["seed"]), int(state["position"])
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        from mask2former.data import build_detection_train_loader
+
+        loader = build_detection_train_loader(self.cfg, self.mapper, start_iter=self.position, seed=self.seed)
+        for batch in loader:
+            self.position += 1
+            yield batch
+
+
 class Trainer:
     """Builds everything from `cfg` and runs the training loop with hooks."""
 
@@ -185,7 +215,9 @@ class Trainer:
             return
         self.scaler.scale(losses).backward()
         self.scaler.unscale_(self.optimizer)
-        self._clip_gradients(self._clip_settings, [p for g in self.optimizer.param_groups for p in g["params"]])
+        self._clip_gradients(
+            self._clip_settings, [p for g in self.optimizer.param_groups for p in g["params"]]
+        )
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
@@ -255,9 +287,9 @@ class Trainer:
 
     @classmethod
     def build_train_loader(cls, cfg):
-        from mask2former.data import build_detection_train_loader
-
-        return build_detection_train_loader(cfg)
+        """An infinite iterable of batches (lists of dicts). Give it `state_dict()` and
+        `load_state_dict()` (as `ResumableTrainLoader` has) for resumes to restore data order."""
+        return ResumableTrainLoader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
