@@ -493,11 +493,6 @@ def test_train_loader_seeded_and_resumable(tmp_path):
     assert full[3:] == _loader_ids(cfg, 3, 3)  # resumed: same images and same augmentations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Instances cannot be unpickled from a worker process: structures/instances.py __getattr__ "
-    "recurses on '_fields' during unpickling",
-)
 def test_train_loader_workers_match_single_process(tmp_path):
     img_dir, gt_dir = make_sem_seg_folder(tmp_path, n=5)
     name = _unique_name("t_loader_w")

@@ -71,7 +71,9 @@ class Instances:
             self.set(name, value)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name not in self._fields:
+        if name.startswith("_"):  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        if name not in self._fields:
             raise AttributeError(f"Instances has no field {name!r}; fields: {list(self._fields)}")
         return self._fields[name]
 
