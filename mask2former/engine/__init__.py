@@ -1,1 +1,16 @@
 """Training engine: trainer, hooks, launch, checkpointing, solver."""
+
+from .checkpointer import Checkpointer
+from .defaults import add_engine_config, default_argument_parser, default_setup
+from .launch import launch
+from .trainer import ResumableTrainLoader, Trainer
+
+__all__ = [
+    "Checkpointer",
+    "ResumableTrainLoader",
+    "Trainer",
+    "add_engine_config",
+    "default_argument_parser",
+    "default_setup",
+    "launch",
+]
