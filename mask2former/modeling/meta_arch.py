@@ -59,10 +59,10 @@ class MaskFormer(nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
-        self.register_buffer(
-            "thing_classes_mask",
-            thing_classes_mask if thing_classes_mask is not None else torch.zeros(0, dtype=torch.bool),
-            persistent=False,
+        # bool [K], moved to the outputs' device when used (a buffer would add to the model's
+        # buffer count, which matches the original's exactly).
+        self.thing_classes_mask = (
+            thing_classes_mask if thing_classes_mask is not None else torch.zeros(0, dtype=torch.bool)
         )
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
@@ -133,11 +133,12 @@ class MaskFormer(nn.Module):
                 if not self.sem_seg_postprocess_before_inference:
                     sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
                 r["sem_seg"] = sem_seg
+            is_thing = self.thing_classes_mask.to(mask_cls.device, non_blocking=True)
             if self.panoptic_on:
                 r["panoptic_seg"] = panoptic_inference(
                     mask_cls,
                     mask_pred,
-                    is_thing=self.thing_classes_mask,
+                    is_thing=is_thing,
                     object_mask_threshold=self.object_mask_threshold,
                     overlap_threshold=self.overlap_threshold,
                 )
@@ -146,7 +147,7 @@ class MaskFormer(nn.Module):
                     mask_cls,
                     mask_pred,
                     max_detections=self.test_topk_per_image,
-                    is_thing=self.thing_classes_mask if self.panoptic_on else None,
+                    is_thing=is_thing if self.panoptic_on else None,
                 )
             results.append(r)
         return results

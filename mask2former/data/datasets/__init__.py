@@ -1,0 +1,1 @@
+"""Dataset loaders and registrations in the original formats."""
