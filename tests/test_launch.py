@@ -4,6 +4,7 @@ rank and world size from torchrun / SLURM environments.
 Spawned workers import this module to find `fail_on_rank_1`, so its top-level imports stay light.
 """
 
+import importlib
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import time
 import pytest
 import torch
 
-from mask2former.engine import launch as launch_module
+# the package exports the function `launch`, which shadows the module's name as an attribute
+launch_module = importlib.import_module("mask2former.engine.launch")
 
 
 def test_two_cpu_workers_end_with_identical_weights(tmp_path):
