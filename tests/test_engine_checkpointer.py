@@ -111,3 +111,10 @@ def test_weights_only_file_is_rejected_for_resume(tmp_path):
     torch.save({"model": ck.model.state_dict()}, tmp_path / "weights.pth")
     with pytest.raises(KeyError, match="not a training checkpoint"):
         ck.load(str(tmp_path / "weights.pth"))
+
+
+def test_temp_file_of_a_killed_writer_is_cleaned_up(tmp_path):
+    (tmp_path / ".model_0000002.pth.tmp.99999").write_bytes(b"half a checkpoint")
+    ck = _checkpointer(tmp_path)
+    ck.save("model_0000002", iteration=2)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000002.pth"]

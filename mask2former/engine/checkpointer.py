@@ -94,9 +94,14 @@ def _fsync_dir(folder: str) -> None:
 
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Write `path` through `write(file)` so that readers see either the old file or the
-    complete new one: temporary file in the same folder, flush + fsync, `os.replace`."""
+    complete new one: temporary file in the same folder, flush + fsync, `os.replace`.
+    Temporary files of `path` left by a killed writer are removed first."""
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    prefix = f".{os.path.basename(path)}.tmp."
+    for stale in os.listdir(folder):  # left by a writer killed mid-write
+        if stale.startswith(prefix):
+            os.remove(os.path.join(folder, stale))
+    tmp = os.path.join(folder, f"{prefix}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             write(f)

@@ -96,7 +96,6 @@ def default_setup(cfg, args: argparse.Namespace) -> None:
         os.makedirs(output_dir, exist_ok=True)
     dist_utils.synchronize()
     logger = setup_logger(output_dir, distributed_rank=rank, name="mask2former")
-    setup_logger(output_dir, distributed_rank=rank, name="__main__")
 
     logger.info("Rank of current process: %d. World size: %d", rank, dist_utils.get_world_size())
     logger.info(
