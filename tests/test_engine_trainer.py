@@ -158,3 +158,26 @@ def test_default_train_loader_resumes_its_data_order(tmp_path):
         assert ids(resumed, 2) == stream[4:]
     finally:
         DatasetCatalog.remove(name)
+
+
+class _EvalTrainer(ToyTrainer):
+    calls = 0
+
+    @classmethod
+    def test(cls, cfg, model):
+        cls.calls += 1
+        torch.rand(100)  # evaluation that draws random numbers must not change training
+        return {"toy_val": {"score": float(cls.calls)}}
+
+
+def test_periodic_evaluation_is_recorded_and_leaves_training_unchanged(tmp_path):
+    plain = _weights(_run(toy_cfg(tmp_path / "plain", **{"SOLVER.MAX_ITER": 6})))
+    cfg = toy_cfg(tmp_path / "eval", **{"SOLVER.MAX_ITER": 6, "TEST.EVAL_PERIOD": 2})
+    seed_all_rng(cfg.SEED)
+    trainer = _EvalTrainer(cfg)
+    trainer.train()
+    assert _EvalTrainer.calls == 3  # after iterations 1 and 3, and at the end
+    for k, v in plain.items():
+        assert torch.equal(v, _weights(trainer)[k]), k
+    lines = [json.loads(x) for x in (tmp_path / "eval" / "metrics.json").read_text().splitlines()]
+    assert lines[-1]["toy_val/score"] == 3.0
