@@ -217,8 +217,17 @@ class MaskFormerInstanceDatasetMapper(_TrainMapper):
 
 def annotations_to_masks(dataset_dict: dict, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-crowd annotations -> (masks uint8 [N, H, W], classes int64 [N])."""
-    annos = [a for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
     src = dataset_dict["file_name"]
+    for i, a in enumerate(dataset_dict.get("annotations", [])):
+        if not isinstance(a, dict) or "segmentation" not in a or "category_id" not in a:
+            raise DatasetFormatError(
+                f"Annotation {i} of {src} is not a dict with 'segmentation' and 'category_id'"
+            )
+        if not isinstance(a["category_id"], (int, np.integer)) or isinstance(a["category_id"], bool):
+            raise DatasetFormatError(
+                f"Annotation {i} of {src}: category_id {a['category_id']!r} is not an integer"
+            )
+    annos = [a for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
     masks = [segmentation_to_mask(a["segmentation"], hw[0], hw[1], src) for a in annos]
     classes = torch.tensor([int(a["category_id"]) for a in annos], dtype=torch.int64)
     if not masks:

@@ -106,7 +106,16 @@ def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.
     """A COCO segmentation (polygon list, uncompressed RLE with a counts list, or compressed RLE)
     -> bool [H, W]."""
     if isinstance(segm, list):
-        polys = [np.asarray(p, dtype=np.float64).ravel() for p in segm]
+        try:
+            polys = [np.asarray(p) for p in segm]
+        except ValueError as e:  # ragged nesting
+            raise DatasetFormatError(f"A polygon in {source} is not a list of numbers: {e}") from e
+        if any(
+            p.ndim != 1 or p.dtype.kind not in "iuf" or len(p) % 2 or not np.isfinite(p).all() for p in polys
+        ):
+            raise DatasetFormatError(
+                f"A polygon in {source} is not a flat list of finite [x, y] pairs (odd count or nested)"
+            )
         polys = [p for p in polys if len(p) >= 6]
         if not polys:
             return np.zeros((height, width), dtype=bool)
@@ -116,7 +125,14 @@ def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.
             raise DatasetFormatError(
                 f"RLE of size {segm['size']} in {source} does not match image {height}x{width}"
             )
-        rle = mask_util.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
+        rle = segm
+        counts = rle["counts"]
+        if isinstance(counts, list) and (
+            not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width
+        ):
+            raise DatasetFormatError(
+                f"RLE counts in {source} are not non-negative integers summing to {height}*{width}"
+            )
         if isinstance(rle["counts"], str):
             rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
     elif isinstance(segm, np.ndarray):
@@ -127,7 +143,12 @@ def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.
         return segm.astype(bool)
     else:
         raise DatasetFormatError(f"Unknown segmentation format {type(segm).__name__} in {source}")
-    return mask_util.decode(rle).astype(bool)
+    try:
+        if isinstance(rle, dict) and isinstance(rle["counts"], list):
+            rle = mask_util.frPyObjects(rle, height, width)
+        return mask_util.decode(rle).astype(bool)
+    except (ValueError, OverflowError) as e:  # pycocotools: "Invalid RLE mask representation"
+        raise DatasetFormatError(f"Cannot decode the RLE in {source}: {e}") from e
 
 
 def panoptic_to_targets(

@@ -76,10 +76,10 @@ def field(entry: dict, key: str, kind: str, where: str, json_file: str):
 
 def _check_bbox(bbox, where: str, json_file: str) -> list[float]:
     try:
-        box = np.asarray(bbox, dtype=np.float64)
-    except (TypeError, ValueError) as e:
+        box = np.asarray(bbox)
+    except ValueError as e:  # ragged nesting
         raise DatasetFormatError(f"{where} in {json_file}: bbox {bbox!r} is not 4 numbers") from e
-    if box.shape != (4,) or not np.isfinite(box).all() or (box[2:] < 0).any():
+    if box.shape != (4,) or box.dtype.kind not in "iuf" or not np.isfinite(box).all() or (box[2:] < 0).any():
         raise DatasetFormatError(f"{where} in {json_file}: bbox {bbox!r} is not [x, y, w, h] with w, h >= 0")
     return list(bbox)
 
@@ -92,12 +92,12 @@ def _check_segmentation(segm, hw: tuple[int, int], where: str, json_file: str):
         kept = []
         for j, poly in enumerate(segm):
             try:
-                p = np.asarray(poly, dtype=np.float64)
-            except (TypeError, ValueError) as e:
+                p = np.asarray(poly)
+            except ValueError as e:  # ragged nesting
                 raise DatasetFormatError(
                     f"{where} in {json_file}: polygon {j} is not a list of numbers"
                 ) from e
-            if p.ndim != 1 or not np.isfinite(p).all():
+            if p.ndim != 1 or p.dtype.kind not in "iuf" or not np.isfinite(p).all():
                 raise DatasetFormatError(
                     f"{where} in {json_file}: polygon {j} is not a flat list of finite numbers [x0, y0, x1, y1, ...]"
                 )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..detection_utils import DatasetFormatError
-from .coco import require_path
+from .coco import entries, field, read_json_object, require_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,45 +43,81 @@ def load_coco_panoptic_json(
     """Read a COCO panoptic JSON. Each dict: `file_name`, `image_id`, `height`/`width` (when the
     JSON lists the image), `pan_seg_file_name`, `segments_info` = list of {`id`, `category_id`
     (contiguous), `isthing`, `iscrowd`, `area`}, and `sem_seg_file_name` when `sem_seg_dir` is
-    given. A category absent from the metadata raises DatasetFormatError naming the JSON."""
+    given. A category absent from the metadata raises DatasetFormatError naming the JSON.
+
+    The JSON is validated while it is read: a missing or mistyped field, a duplicate category or
+    segment id, a segment id outside [1, 256**3), or an image_id that the JSON's "images" (when
+    it has that list) does not list raises DatasetFormatError naming the file and the PNG.
+    Segment ids are checked against the PNG when a mapper reads it."""
     require_path(json_file, "Panoptic JSON", "Download the COCO-format panoptic annotations of this dataset.")
     require_path(gt_dir, "Panoptic PNG folder", "Unzip the panoptic PNGs next to the panoptic JSON.")
-    with open(json_file) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetFormatError(f"Cannot parse panoptic JSON {json_file}: {e}") from e
-    for key in ("annotations", "categories"):
-        if key not in data:
-            raise DatasetFormatError(f"Panoptic JSON {json_file} has no {key!r} list")
+    data = read_json_object(json_file, "panoptic JSON")
+    annotations = entries(data, "annotations", json_file)
+    cat_ids = set()
+    for i, c in enumerate(entries(data, "categories", json_file)):
+        cid = field(c, "id", "int", f"categories[{i}]", json_file)
+        field(c, "name", "str", f"Category {cid}", json_file)
+        if cid in cat_ids:
+            raise DatasetFormatError(f"{json_file} lists category id {cid} twice")
+        cat_ids.add(cid)
     thing_map, all_map = _panoptic_id_maps(meta, data)
-    images = {img["id"]: img for img in data.get("images", [])}
+    images = {}
+    for i, img in enumerate(entries(data, "images", json_file, required=False)):
+        img_id = field(img, "id", "id", f"images[{i}]", json_file)
+        field(img, "file_name", "str", f"Image {img_id!r}", json_file)
+        if "height" in img or "width" in img:
+            field(img, "height", "size", f"Image {img_id!r}", json_file)
+            field(img, "width", "size", f"Image {img_id!r}", json_file)
+        images[img_id] = img
     dicts = []
-    for ann in data["annotations"]:
-        image_id = ann["image_id"]
-        stem = os.path.splitext(ann["file_name"])[0]
+    for i, ann in enumerate(annotations):
+        image_id = field(ann, "image_id", "id", f"annotations[{i}]", json_file)
+        png = field(ann, "file_name", "str", f"Annotation of image {image_id!r}", json_file)
+        where = f"Annotation {png}"
+        if images and image_id not in images:
+            raise DatasetFormatError(
+                f"{where} in {json_file} has image_id {image_id!r}, which 'images' does not list"
+            )
+        stem = os.path.splitext(png)[0]
         img = images.get(image_id)
         image_file = img["file_name"] if img is not None else stem + image_ext
-        segments = []
-        for s in ann["segments_info"]:
-            if s["category_id"] not in all_map:
+        segments_info = ann.get("segments_info")
+        if not isinstance(segments_info, list) or not all(isinstance(s, dict) for s in segments_info):
+            raise DatasetFormatError(
+                f"{where} in {json_file}: 'segments_info' is {segments_info!r:.60}, expected a list of objects"
+            )
+        segments, seen = [], set()
+        for j, s in enumerate(segments_info):
+            seg_id = field(s, "id", "int", f"Segment {j} of {png}", json_file)
+            swhere = f"Segment {seg_id} of {png}"
+            if not 0 < seg_id < 256**3:
                 raise DatasetFormatError(
-                    f"Segment {s['id']} of {ann['file_name']} in {json_file} has category_id "
-                    f"{s['category_id']}, which the metadata does not list"
+                    f"{swhere} in {json_file}: id must be in [1, 256**3) (R + 256 G + 256**2 B)"
+                )
+            if seg_id in seen:
+                raise DatasetFormatError(f"{where} in {json_file} lists segment id {seg_id} twice")
+            seen.add(seg_id)
+            iscrowd = s.get("iscrowd", 0)
+            if not (isinstance(iscrowd, int) and iscrowd in (0, 1)):
+                raise DatasetFormatError(f"{swhere} in {json_file}: iscrowd is {iscrowd!r}, expected 0 or 1")
+            cat_id = field(s, "category_id", "int", swhere, json_file)
+            if cat_id not in all_map:
+                raise DatasetFormatError(
+                    f"{swhere} in {json_file} has category_id {cat_id}, which the metadata does not list"
                 )
             segments.append(
                 {
-                    "id": int(s["id"]),
-                    "category_id": all_map[s["category_id"]],
-                    "isthing": s["category_id"] in thing_map,
-                    "iscrowd": int(s.get("iscrowd", 0)),
+                    "id": seg_id,
+                    "category_id": all_map[cat_id],
+                    "isthing": cat_id in thing_map,
+                    "iscrowd": int(iscrowd),
                     "area": s.get("area"),
                 }
             )
         record = {
             "file_name": os.path.join(image_dir, image_file),
             "image_id": image_id,
-            "pan_seg_file_name": os.path.join(gt_dir, ann["file_name"]),
+            "pan_seg_file_name": os.path.join(gt_dir, png),
             "segments_info": segments,
         }
         if img is not None and "height" in img:
