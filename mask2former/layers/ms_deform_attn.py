@@ -157,8 +157,28 @@ def _warn_fallback_once(device_type: str) -> None:
         f"ms_deform_attn: the compiled op ({_EXTENSION}) {reason}; using the slower PyTorch path on "
         f"{device_type}. To use the compiled op, {BUILD_HINT}.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
+
+
+# Evaluated once per trace under torch.compile (the extension is loaded outside the graph), so that
+# even a first call inside a compiled region works with fullgraph=True.
+@torch.compiler.assume_constant_result
+def _resolve_impl(impl: str, device_type: str) -> str:
+    """The implementation that runs: "compiled" or "reference" (see `ms_deform_attn`)."""
+    if impl not in _IMPLS:
+        raise ValueError(f"ms_deform_attn: impl must be one of {_IMPLS}, got {impl!r}")
+    available = compiled_op_available(device_type)
+    if impl == "auto":
+        if not available:
+            _warn_fallback_once(device_type)
+        return "compiled" if available else "reference"
+    if impl == "compiled" and not available:
+        raise RuntimeError(
+            f"ms_deform_attn: impl='compiled' but {_EXTENSION} has no kernel for {device_type} "
+            f"(extension loaded: {load_extension() is not None}); {BUILD_HINT}"
+        )
+    return impl
 
 
 def ms_deform_attn(
@@ -178,18 +198,7 @@ def ms_deform_attn(
     warning that says how to build the op. The compiled op accepts float16 / bfloat16 values with
     float32 locations and weights (as under autocast), accumulates in float32 and returns value's dtype.
     """
-    if impl not in _IMPLS:
-        raise ValueError(f"ms_deform_attn: impl must be one of {_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        impl = "compiled" if compiled_op_available(value.device) else "reference"
-        if impl == "reference":
-            _warn_fallback_once(value.device.type)
-    elif impl == "compiled" and not compiled_op_available(value.device):
-        raise RuntimeError(
-            f"ms_deform_attn: impl='compiled' but {_EXTENSION} has no kernel for {value.device.type} "
-            f"(extension loaded: {load_extension() is not None}); {BUILD_HINT}"
-        )
-    if impl == "reference":
+    if _resolve_impl(impl, value.device.type) == "reference":
         return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
     return torch.ops.mask2former.ms_deform_attn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
