@@ -151,7 +151,10 @@ def test_default_train_loader_resumes_its_data_order(tmp_path):
             return [[d["image_id"] for d in next(it)] for _ in range(n)]
 
         first = ResumableTrainLoader(cfg, mapper=dict)
+        torch_rng = torch.get_rng_state()
         stream = ids(first, 6)
+        # starting the DataLoader must not move the training's torch RNG (exact resume needs it)
+        assert torch.equal(torch.get_rng_state(), torch_rng)
         assert first.state_dict() == {"seed": 7, "position": 6}
         resumed = ResumableTrainLoader(cfg, mapper=dict)
         resumed.load_state_dict({"seed": 7, "position": 4})

@@ -87,7 +87,11 @@ class ResumableTrainLoader:
         from mask2former.data import build_detection_train_loader
 
         loader = build_detection_train_loader(self.cfg, self.mapper, start_iter=self.position, seed=self.seed)
-        for batch in loader:
+        # Starting a DataLoader iterator draws its base seed from the global torch RNG; keep
+        # that draw out of the training's RNG stream, which a resume restores.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(loader)
+        for batch in batches:
             self.position += 1
             yield batch
 
