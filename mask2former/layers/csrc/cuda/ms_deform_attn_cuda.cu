@@ -16,6 +16,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <initializer_list>
 
 #include "../ms_deform_attn.h"
 
