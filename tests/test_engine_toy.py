@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from mask2former.config import get_cfg
-from mask2former.engine.defaults import add_engine_config
 from mask2former.engine.hooks import HookBase
 from mask2former.engine.trainer import Trainer
 from mask2former.modeling.registry import META_ARCH_REGISTRY
@@ -108,7 +107,6 @@ class ToyTrainer(Trainer):
 def toy_cfg(output_dir, **overrides):
     """A frozen config for EngineToyModel on CPU; overrides as {"SOLVER.MAX_ITER": 5}."""
     cfg = get_cfg()
-    add_engine_config(cfg)
     base = {
         "MODEL.META_ARCHITECTURE": "EngineToyModel",
         "MODEL.DEVICE": "cpu",

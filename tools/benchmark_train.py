@@ -25,7 +25,7 @@ import time
 import torch
 
 from mask2former.config import get_cfg
-from mask2former.engine.defaults import add_engine_config, seed_all_rng
+from mask2former.engine.defaults import seed_all_rng
 from mask2former.engine.hooks import HookBase
 from mask2former.engine.trainer import Trainer
 from mask2former.structures import Instances
@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     cfg = get_cfg()
-    add_engine_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     amp = {"SOLVER.AMP.ENABLED": args.amp != "off"}

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 
 from mask2former.config import get_cfg
-from mask2former.engine.defaults import add_engine_config, default_argument_parser, default_setup
+from mask2former.engine.defaults import default_argument_parser, default_setup
 from mask2former.engine.launch import backend_for_device, launch
 from mask2former.engine.trainer import Trainer
 
@@ -28,7 +28,6 @@ logger = logging.getLogger("mask2former.train_net")
 def build_config(args: argparse.Namespace):
     """Defaults, then the config file, then the command-line overrides; frozen."""
     cfg = get_cfg()
-    add_engine_config(cfg)
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])

@@ -180,9 +180,14 @@ _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_BIAS = None
 _C.SOLVER.WEIGHT_DECAY_EMBED = 0.0
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+# This project's: skip the update of a step whose loss is NaN/inf instead of stopping the run.
+_C.SOLVER.SKIP_NONFINITE_STEPS = False
 
 _C.SOLVER.AMP = CN()
 _C.SOLVER.AMP.ENABLED = False
+# This project's: autocast dtype for mixed-precision training, "float16" (with a gradient scaler)
+# or "bfloat16".
+_C.SOLVER.AMP.PRECISION = "float16"
 
 _C.SOLVER.CLIP_GRADIENTS = CN()
 _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"

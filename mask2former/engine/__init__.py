@@ -1,7 +1,7 @@
 """Training engine: trainer, hooks, launch, checkpointing, solver."""
 
 from .checkpointer import Checkpointer
-from .defaults import add_engine_config, default_argument_parser, default_setup
+from .defaults import default_argument_parser, default_setup
 from .launch import launch
 from .trainer import ResumableTrainLoader, Trainer
 
@@ -9,7 +9,6 @@ __all__ = [
     "Checkpointer",
     "ResumableTrainLoader",
     "Trainer",
-    "add_engine_config",
     "default_argument_parser",
     "default_setup",
     "launch",

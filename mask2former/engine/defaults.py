@@ -1,5 +1,5 @@
 """Command line and per-run set-up shared by the tools: `default_argument_parser()`,
-`default_setup(cfg, args)` and `add_engine_config(cfg)` (the engine's own config keys)."""
+and `default_setup(cfg, args)`."""
 
 from __future__ import annotations
 
@@ -13,24 +13,6 @@ import torch
 
 from mask2former.utils import dist as dist_utils
 from mask2former.utils.logger import setup_logger
-
-ENGINE_CONFIG_KEYS = {
-    # autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a GradScaler) or "bfloat16"
-    ("SOLVER", "AMP", "PRECISION"): "float16",
-    # drop the update of a step whose loss is NaN/inf instead of stopping the run
-    ("SOLVER", "SKIP_NONFINITE_STEPS"): False,
-}
-
-
-def add_engine_config(cfg) -> None:
-    """Add the keys the training engine reads beyond Detectron2's defaults (see
-    ENGINE_CONFIG_KEYS). Keys already defined by the config defaults are left alone."""
-    for path, default in ENGINE_CONFIG_KEYS.items():
-        node = cfg
-        for part in path[:-1]:
-            node = node[part]
-        if path[-1] not in node:
-            node[path[-1]] = default
 
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
