@@ -210,6 +210,9 @@ COCO_VALUES = [
     ("polygon nested twice", ("annotations", 0, "segmentation"), [[[4, 2], [16, 2], [16, 10]]]),
     ("polygon with NaN", ("annotations", 0, "segmentation"), [[4, 2, 16, float("nan"), 16, 10]]),
     ("polygon with Infinity", ("annotations", 0, "segmentation"), [[4, 2, 16, float("inf"), 16, 10]]),
+    # pycocotools segfaults or exhausts memory on these: they must be refused before it runs
+    ("polygon coordinate 1e12", ("annotations", 0, "segmentation"), [[4, 2, 16, 1e12, 16, 10]]),
+    ("polygon coordinate -1e9", ("annotations", 0, "segmentation"), [[4, 2, -1e9, 2, 16, 10]]),
     # RLE
     ("RLE size differs from the image", ("annotations", 1, "segmentation", "size"), [H + 1, W]),
     ("RLE size of one number", ("annotations", 1, "segmentation", "size"), [H]),
@@ -422,6 +425,8 @@ MAPPER_DICT_CASES = [
     ("segmentation empty dict", lambda a: a.update(segmentation={})),
     ("polygon odd", lambda a: a.update(segmentation=[[1, 2, 3, 4, 5, 6, 7]])),
     ("polygon strings", lambda a: a.update(segmentation=[["a", "b", "c", "d", "e", "f"]])),
+    ("polygon NaN", lambda a: a.update(segmentation=[[4, 2, 16, float("nan"), 16, 10]])),
+    ("polygon coordinate 1e12", lambda a: a.update(segmentation=[[4, 2, 16, 1e12, 16, 10]])),
     ("RLE wrong size", lambda a: a.update(segmentation={"size": [H, W + 1], "counts": [H * (W + 1)]})),
     ("RLE counts short", lambda a: a.update(segmentation={"size": [H, W], "counts": [5, 3]})),
     ("RLE counts negative", lambda a: a.update(segmentation={"size": [H, W], "counts": [-5, H * W + 5]})),

@@ -117,6 +117,12 @@ def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.
                 f"A polygon in {source} is not a flat list of finite [x, y] pairs (odd count or nested)"
             )
         polys = [p for p in polys if len(p) >= 6]
+        for p in polys:  # pycocotools crashes the process on huge coordinates (1e12)
+            xs, ys = p[0::2], p[1::2]
+            if xs.min() < -width or xs.max() > 2 * width or ys.min() < -height or ys.max() > 2 * height:
+                raise DatasetFormatError(
+                    f"A polygon in {source} has coordinates far outside the {height}x{width} image"
+                )
         if not polys:
             return np.zeros((height, width), dtype=bool)
         rle = mask_util.merge(mask_util.frPyObjects([p.tolist() for p in polys], height, width))

@@ -84,6 +84,15 @@ def _check_bbox(bbox, where: str, json_file: str) -> list[float]:
     return list(bbox)
 
 
+def _far_outside(poly: np.ndarray, hw: tuple[int, int]) -> bool:
+    """Polygon coordinates beyond one image size outside the image: pycocotools' rasteriser
+    allocates in proportion to them and crashes the process (segfault / out of memory) on
+    huge ones (1e12), so they are refused before it sees them."""
+    h, w = hw
+    xs, ys = poly[0::2], poly[1::2]
+    return bool(xs.min() < -w or xs.max() > 2 * w or (ys.size and (ys.min() < -h or ys.max() > 2 * h)))
+
+
 def _check_segmentation(segm, hw: tuple[int, int], where: str, json_file: str):
     """Polygons (list of flat [x0, y0, x1, y1, ...] lists) or RLE ({"size": [H, W], "counts"}).
     Returns the segmentation with polygons of fewer than 3 points removed (as Detectron2 does);
@@ -100,6 +109,12 @@ def _check_segmentation(segm, hw: tuple[int, int], where: str, json_file: str):
             if p.ndim != 1 or p.dtype.kind not in "iuf" or not np.isfinite(p).all():
                 raise DatasetFormatError(
                     f"{where} in {json_file}: polygon {j} is not a flat list of finite numbers [x0, y0, x1, y1, ...]"
+                )
+            if len(p) and _far_outside(p, hw):
+                raise DatasetFormatError(
+                    f"{where} in {json_file}: polygon {j} has coordinates far outside its "
+                    f"{hw[0]}x{hw[1]} image (x in [{p[0::2].min()}, {p[0::2].max()}], "
+                    f"y in [{p[1::2].min()}, {p[1::2].max()}])"
                 )
             if len(p) % 2:
                 raise DatasetFormatError(
