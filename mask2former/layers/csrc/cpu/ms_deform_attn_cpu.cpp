@@ -1,5 +1,5 @@
 // CPU kernels of multi-scale deformable attention (float32, float64, and float16 / bfloat16 with float
-// accumulation). Forward: parallel over (batch, query). Backward: parallel over (batch, head), so each
+// accumulation). Forward: parallel over chunks of (batch, query). Backward: parallel over (batch, head), so each
 // task owns the slice value[b, :, m, :] of grad_value and accumulates into it without atomics.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -7,6 +7,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../ms_deform_attn.h"
@@ -49,6 +51,19 @@ inline void axpy(acc_t w, const scalar_t* __restrict__ v, acc_t* __restrict__ ac
   for (int64_t d = 0; d < n; ++d) {
     acc[d] += w * static_cast<acc_t>(v[d]);
   }
+}
+
+// Runs fn(begin, end) over [0, n) in chunks of `grain` that the threads take in turn, so that a thread slowed
+// down (on a machine shared with other work) does not hold the others back as a static split would.
+template <typename F>
+void parallel_chunks(int64_t n, int64_t grain, const F& fn) {
+  const int64_t chunks = (n + grain - 1) / grain;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), chunks), 1, [&](int64_t, int64_t) {
+    for (int64_t c = next++; c < chunks; c = next++) {
+      fn(c * grain, std::min(n, (c + 1) * grain));
+    }
+  });
 }
 
 // Forward for (batch, query) pairs [begin, end).
@@ -156,7 +171,7 @@ at::Tensor ms_deform_attn_forward_cpu(
   at::Tensor out = at::empty({n.B, n.Q, n.M * n.D}, value.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::parallel_for(0, n.B * n.Q, 16, [&](int64_t begin, int64_t end) {
+    parallel_chunks(n.B * n.Q, 32, [&](int64_t begin, int64_t end) {
       forward_range<scalar_t>(v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
                               starts.const_data_ptr<int64_t>(), loc.const_data_ptr<acc_t>(),
                               attn.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, begin, end);
@@ -188,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     // One task per (batch, head): each owns its slice of grad_value, so no atomics are needed.
-    at::parallel_for(0, n.B * n.M, 1, [&](int64_t begin, int64_t end) {
+    parallel_chunks(n.B * n.M, 1, [&](int64_t begin, int64_t end) {
       backward_range<scalar_t>(go.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
                                shapes.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(),
                                loc.const_data_ptr<acc_t>(), attn.const_data_ptr<acc_t>(),
