@@ -88,7 +88,21 @@ def assert_mask_logits_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 def test_head(stages, fixture):
+    """At inference only the last layer's prediction is made (attention masks of the earlier
+    layers from pre-resized mask features); it must match the original's final output."""
     head, ref = stages["head"], fixture["head"]
+    assert "aux_outputs" not in head
+    torch.testing.assert_close(head["pred_logits"], ref["pred_logits"], **TOL)
+    assert_mask_logits_close(head["pred_masks"], ref["pred_masks"])
+
+
+def test_head_with_deep_supervision(model_and_inputs, stages, fixture):
+    """With deep supervision (as in training) every layer's prediction matches, aux ones too."""
+    model, _ = model_and_inputs
+    multi_scale, mask_features = stages["pixel_decoder"]
+    with torch.no_grad():
+        head = model.sem_seg_head.predictor(multi_scale, mask_features, deep_supervision=True)
+    ref = fixture["head"]
     torch.testing.assert_close(head["pred_logits"], ref["pred_logits"], **TOL)
     assert_mask_logits_close(head["pred_masks"], ref["pred_masks"])
     assert len(head["aux_outputs"]) == len(ref["aux_outputs"]) == 3

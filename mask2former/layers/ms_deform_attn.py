@@ -64,13 +64,16 @@ def ms_deform_attn_reference(
     _, Q, _, L, P, _ = sampling_locations.shape
     shapes = [(int(h), int(w)) for h, w in spatial_shapes]
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
+    # grid_sample wants [-1, 1] and one dtype (under autocast the value may be half precision)
+    grids = (2 * sampling_locations - 1).to(value.dtype)
     sampled = []
     for level, (h, w) in enumerate(shapes):
         v = value_per_level[level].flatten(2).transpose(1, 2).reshape(B * M, D, h, w)  # [B*M, D, H, W]
         g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # [B*M, Q, P, 2]
         sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    weights = attention_weights.transpose(1, 2).reshape(B * M, 1, Q, L * P)  # [B*M, 1, Q, L*P]
+    weights = (
+        attention_weights.to(value.dtype).transpose(1, 2).reshape(B * M, 1, Q, L * P)
+    )  # [B*M, 1, Q, L*P]
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # [B*M, D, Q]
     return out.view(B, M * D, Q).transpose(1, 2).contiguous()
 

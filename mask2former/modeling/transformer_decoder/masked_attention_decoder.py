@@ -153,11 +153,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
-    def forward(self, x: list[Tensor], mask_features: Tensor) -> dict:
+    def forward(
+        self, x: list[Tensor], mask_features: Tensor, *, deep_supervision: bool | None = None
+    ) -> dict:
         """x: 3 x [B, C_in, H_l, W_l] (coarse to fine), mask_features [B, mask_dim, H, W] ->
-        {"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, H, W], "aux_outputs": [...]}"""
+        {"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, H, W]} plus, with deep supervision
+        (default: in training), "aux_outputs": the earlier layers' predictions.
+
+        Without deep supervision only the last layer's masks are made at full resolution: the
+        attention masks of the layers before come from mask features resized once to each scale
+        (resizing is linear, so resize(embed . features) = embed . resize(features))."""
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature scales, got {len(x)}")
+        deep_supervision = self.training if deep_supervision is None else deep_supervision
         sizes = [tuple(f.shape[-2:]) for f in x]
         srcs, pos = [], []
         for i, f in enumerate(x):
@@ -167,42 +175,49 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         b = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
         output = self.query_feat.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
+        if deep_supervision:
+            scaled_features = None
+        else:
+            scaled_features = [
+                F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes
+            ]  # 3 x [B, mask_dim, h_l, w_l]
 
         classes, masks = [], []
-        logits, mask, attn_mask = self.predict(output, mask_features, sizes[0])
-        classes.append(logits)
-        masks.append(mask)
-        for i in range(self.num_layers):
-            level = i % self.num_feature_levels
-            output = self.transformer_cross_attention_layers[i](
-                output, srcs[level], attn_mask, pos[level], query_pos
-            )
-            output = self.transformer_self_attention_layers[i](output, query_pos)
-            output = self.transformer_ffn_layers[i](output)
-            logits, mask, attn_mask = self.predict(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
-            )
-            classes.append(logits)
-            masks.append(mask)
-        return {
-            "pred_logits": classes[-1],
-            "pred_masks": masks[-1],
-            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])],
-        }
+        attn_mask: Tensor | None = None  # set by each prediction for the next layer
+        for i in range(self.num_layers + 1):
+            if i > 0:
+                level = (i - 1) % self.num_feature_levels
+                output = self.transformer_cross_attention_layers[i - 1](
+                    output, srcs[level], attn_mask, pos[level], query_pos
+                )
+                output = self.transformer_self_attention_layers[i - 1](output, query_pos)
+                output = self.transformer_ffn_layers[i - 1](output)
+            decoded = self.decoder_norm(output).transpose(0, 1)  # [B, Q, C]
+            embed = self.mask_embed(decoded)  # [B, Q, mask_dim]
+            next_size = sizes[i % self.num_feature_levels]
+            if deep_supervision or i == self.num_layers:
+                classes.append(self.class_embed(decoded))
+                masks.append(torch.einsum("bqc,bchw->bqhw", embed, mask_features))
+            if i == self.num_layers:
+                break
+            if deep_supervision:
+                low_res = F.interpolate(masks[-1], size=next_size, mode="bilinear", align_corners=False)
+            else:
+                low_res = torch.einsum("bqc,bchw->bqhw", embed, scaled_features[i % self.num_feature_levels])
+            attn_mask = self.attention_mask(low_res)
+        out = {"pred_logits": classes[-1], "pred_masks": masks[-1]}
+        if deep_supervision:
+            out["aux_outputs"] = [
+                {"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])
+            ]
+        return out
 
-    def predict(
-        self, output: Tensor, mask_features: Tensor, target_size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """output [Q, B, C] -> class logits [B, Q, K+1], masks [B, Q, H, W], and the attention
-        mask for the next layer, bool [B*M, Q, h*w] at `target_size` (True = blocked)."""
-        decoded = self.decoder_norm(output).transpose(0, 1)  # [B, Q, C]
-        logits = self.class_embed(decoded)
-        mask = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
-        resized = F.interpolate(mask, size=target_size, mode="bilinear", align_corners=False)
-        blocked = (resized.flatten(2).sigmoid() < 0.5).detach()  # [B, Q, hw]
+    def attention_mask(self, mask_logits: Tensor) -> Tensor:
+        """Mask logits [B, Q, h, w] at the next layer's scale -> bool [B*M, Q, h*w], True where
+        the query may not attend (mask probability < 0.5)."""
+        blocked = (mask_logits.flatten(2).sigmoid() < 0.5).detach()  # [B, Q, hw]
         blocked &= ~blocked.all(-1, keepdim=True)  # a query that sees nothing sees everything
-        attn_mask = blocked.repeat_interleave(self.num_heads, dim=0)  # [B*M, Q, hw]
-        return logits, mask, attn_mask
+        return blocked.repeat_interleave(self.num_heads, dim=0)
 
 
 @TRANSFORMER_DECODER_REGISTRY.register("MultiScaleMaskedTransformerDecoder")
