@@ -128,8 +128,9 @@ class MaskFormer(nn.Module):
             r = {}
             if self.sem_seg_postprocess_before_inference:
                 mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
+            mask_probs = mask_pred.sigmoid()  # [Q, H, W], shared by the three inferences
             if self.semantic_on:
-                sem_seg = semantic_inference(mask_cls, mask_pred)
+                sem_seg = semantic_inference(mask_cls, mask_probs)
                 if not self.sem_seg_postprocess_before_inference:
                     sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
                 r["sem_seg"] = sem_seg
@@ -137,7 +138,7 @@ class MaskFormer(nn.Module):
             if self.panoptic_on:
                 r["panoptic_seg"] = panoptic_inference(
                     mask_cls,
-                    mask_pred,
+                    mask_probs,
                     is_thing=is_thing,
                     object_mask_threshold=self.object_mask_threshold,
                     overlap_threshold=self.overlap_threshold,
@@ -146,6 +147,7 @@ class MaskFormer(nn.Module):
                 r["instances"] = instance_inference(
                     mask_cls,
                     mask_pred,
+                    mask_probs,
                     max_detections=self.test_topk_per_image,
                     is_thing=is_thing if self.panoptic_on else None,
                 )

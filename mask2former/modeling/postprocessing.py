@@ -19,26 +19,31 @@ def sem_seg_postprocess(
     result: Tensor, img_size: tuple[int, int], output_height: int, output_width: int
 ) -> Tensor:
     """Crop padding off [C, Hp, Wp] predictions and resize them to the output size: [C, H, W]."""
-    result = result[:, : img_size[0], : img_size[1]].unsqueeze(0)
-    return F.interpolate(result, size=(output_height, output_width), mode="bilinear", align_corners=False)[0]
+    result = result[:, : img_size[0], : img_size[1]]
+    if tuple(result.shape[-2:]) == (output_height, output_width):
+        return result  # bilinear resizing to the same size is the identity
+    return F.interpolate(
+        result[None], size=(output_height, output_width), mode="bilinear", align_corners=False
+    )[0]
 
 
-def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
-    """mask_cls [Q, K+1] logits, mask_pred [Q, H, W] logits -> per-class scores [K, H, W]."""
+def semantic_inference(mask_cls: Tensor, mask_probs: Tensor) -> Tensor:
+    """mask_cls [Q, K+1] logits, mask_probs [Q, H, W] (sigmoid of the mask logits) -> per-class
+    scores [K, H, W]."""
     probs = mask_cls.softmax(-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+    return torch.einsum("qc,qhw->chw", probs, mask_probs)
 
 
 def panoptic_inference(
     mask_cls: Tensor,
-    mask_pred: Tensor,
+    mask_probs: Tensor,
     *,
     is_thing: Tensor,
     object_mask_threshold: float,
     overlap_threshold: float,
 ) -> tuple[Tensor, list[dict]]:
-    """mask_cls [Q, K+1], mask_pred [Q, H, W] logits, is_thing bool [K] ->
-    (segment ids int32 [H, W] with 0 for unassigned, segments_info).
+    """mask_cls [Q, K+1] logits, mask_probs [Q, H, W] (sigmoid of the mask logits), is_thing
+    bool [K] -> (segment ids int32 [H, W] with 0 for unassigned, segments_info).
 
     A query is kept when its best class is not "no object" and scores above
     `object_mask_threshold`. Each pixel goes to the kept query with the highest score * mask
@@ -47,15 +52,11 @@ def panoptic_inference(
     num_classes = mask_cls.shape[-1] - 1
     scores, labels = mask_cls.softmax(-1).max(-1)  # [Q]
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores, cur_classes, cur_masks = (
-        scores[keep],
-        labels[keep],
-        mask_pred[keep].sigmoid(),
-    )  # [N], [N], [N, H, W]
-    h, w = mask_pred.shape[-2:]
+    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], mask_probs[keep]  # [N], [N], [N, H, W]
+    h, w = mask_probs.shape[-2:]
     n = cur_masks.shape[0]
     if n == 0:
-        return torch.zeros((h, w), dtype=torch.int32, device=mask_pred.device), []
+        return torch.zeros((h, w), dtype=torch.int32, device=mask_probs.device), []
     mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # [H, W]
     foreground = cur_masks >= 0.5  # [N, H, W]
     inside = foreground.gather(0, mask_ids[None])[0]  # [H, W]: pixel inside its winner's mask
@@ -81,7 +82,7 @@ def panoptic_inference(
         if not thing:
             stuff_ids[cls] = segment_id
         segment_of_query[k] = segment_id
-    lut = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_pred.device)
+    lut = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_probs.device)
     panoptic_seg = torch.where(inside, lut[mask_ids], 0).to(torch.int32)
     return panoptic_seg, segments_info
 
@@ -89,11 +90,13 @@ def panoptic_inference(
 def instance_inference(
     mask_cls: Tensor,
     mask_pred: Tensor,
+    mask_probs: Tensor,
     *,
     max_detections: int,
     is_thing: Tensor | None,
 ) -> Instances:
-    """mask_cls [Q, K+1], mask_pred [Q, H, W] logits -> the top `max_detections` (query, class)
+    """mask_cls [Q, K+1], mask_pred [Q, H, W] logits and mask_probs (their sigmoid) -> the top
+    `max_detections` (query, class)
     pairs as Instances sorted by score: `pred_masks` bool [N, H, W], `pred_boxes` (tight boxes of
     the masks), `scores` (class probability x mean mask probability inside the mask),
     `pred_classes`. With `is_thing` given (panoptic inference on), stuff classes are dropped."""
@@ -106,9 +109,10 @@ def instance_inference(
     if is_thing is not None:
         thing = is_thing[labels]
         top_scores, labels, queries = top_scores[thing], labels[thing], queries[thing]
-    masks = mask_pred[queries]  # [N, H, W]
-    binary = masks > 0
-    mask_scores = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    binary = mask_pred[queries] > 0  # [N, H, W]
+    mask_scores = (mask_probs[queries].flatten(1) * binary.flatten(1)).sum(1) / (
+        binary.flatten(1).sum(1) + 1e-6
+    )
     scores = top_scores * mask_scores
     order = scores.argsort(descending=True)
     binary = binary[order]
