@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+import torch
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -65,9 +67,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--num-vis", type=int, default=8, help="val images to draw")
     parser.add_argument(
+        "--num-threads",
+        type=int,
+        default=1,
+        help="CPU threads of PyTorch (default 1: this model's tensors are small, and one thread per core is "
+        "as fast without the slow-down of threads waiting on each other when the machine is busy)",
+    )
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE pairs) for train_net"
     )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.num_threads)
     train_net = _load_tool("train_net", os.path.join(REPO, "tools", "train_net.py"))
     prepare = _load_tool("prepare_shapes_dataset", os.path.join(REPO, "tools", "prepare_shapes_dataset.py"))
     demo = _load_tool("demo", os.path.join(REPO, "demo", "demo.py"))

@@ -189,7 +189,9 @@ class Visualizer:
         """Instances with `pred_masks` bool [N, H, W], `pred_classes` [N], and optionally
         `scores` [N] and `pred_boxes` (Boxes, XYXY): mask, outline, box and "name 97%"."""
         n = len(predictions)
-        classes = _numpy(predictions.pred_classes).astype(np.int64) if n else np.zeros(0, np.int64)
+        if n == 0:
+            return VisImage(self.canvas)
+        classes = _numpy(predictions.pred_classes).astype(np.int64)
         scores = _numpy(predictions.scores) if predictions.has("scores") else None
         masks = _numpy(predictions.pred_masks).astype(bool) if predictions.has("pred_masks") else None
         boxes = _numpy(predictions.pred_boxes.tensor) if predictions.has("pred_boxes") else None
