@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
 from mask2former.config import get_cfg
 from mask2former.engine.solver import (
@@ -12,6 +11,7 @@ from mask2former.engine.solver import (
     build_optimizer,
     clip_gradients,
 )
+from mask2former.layers import FrozenBatchNorm2d
 
 
 class _Attention(nn.Module):

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
-from torchvision.ops import FrozenBatchNorm2d
+
+from mask2former.layers import FrozenBatchNorm2d
 
 __all__ = [
     "NORM_MODULE_TYPES",

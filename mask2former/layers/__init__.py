@@ -1,3 +1,4 @@
+from .batch_norm import FrozenBatchNorm2d
 from .ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 from .position_encoding import PositionEmbeddingSine
 from .shape_spec import ShapeSpec
@@ -5,6 +6,7 @@ from .wrappers import Conv2d, c2_msra_fill, c2_xavier_fill, get_norm
 
 __all__ = [
     "Conv2d",
+    "FrozenBatchNorm2d",
     "PositionEmbeddingSine",
     "ShapeSpec",
     "c2_msra_fill",

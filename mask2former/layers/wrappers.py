@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import FrozenBatchNorm2d
+
+from .batch_norm import FrozenBatchNorm2d
 
 _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "BN": nn.BatchNorm2d,
