@@ -67,7 +67,8 @@ def main() -> None:
     model = build_model(cfg).eval()
     device = model.device
     inputs = [
-        {"image": torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8)} for _ in range(args.batch_size)
+        {"image": torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8)}
+        for _ in range(args.batch_size)
     ]
     watch = Stopwatch(device)
     with torch.inference_mode():
@@ -81,7 +82,15 @@ def main() -> None:
             watch.run("postprocess", model.postprocess, outputs, inputs, images)
             watch.sync()
             watch.times.setdefault("total", []).append(time.perf_counter() - start)
-    tasks = [t for t, on in (("semantic", model.semantic_on), ("panoptic", model.panoptic_on), ("instance", model.instance_on)) if on]
+    tasks = [
+        t
+        for t, on in (
+            ("semantic", model.semantic_on),
+            ("panoptic", model.panoptic_on),
+            ("instance", model.instance_on),
+        )
+        if on
+    ]
     print(
         f"{args.config_file}: {args.batch_size} x {args.height}x{args.width}, device {device}, "
         f"threads {torch.get_num_threads()}, outputs {'+'.join(tasks)}, {args.iters} timed runs"

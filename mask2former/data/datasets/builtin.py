@@ -57,15 +57,26 @@ def _register_coco(root: str) -> None:
 
             def load(img=img, pan_json=pan_json, pan_dir=pan_dir, meta=meta, sem=sem):
                 if sem is not None:
-                    require_path(sem, "COCO panoptic semantic labels",
-                                 "Run tools/prepare_coco_semantic_annos_from_panoptic.py.")
+                    require_path(
+                        sem,
+                        "COCO panoptic semantic labels",
+                        "Run tools/prepare_coco_semantic_annos_from_panoptic.py.",
+                    )
                 return load_coco_panoptic_json(pan_json, img, pan_dir, meta, sem)
 
             DatasetCatalog.register(pname, load)
             extra = {"sem_seg_root": sem} if sem else {}
-            meta.set(image_root=img, panoptic_root=pan_dir, panoptic_json=pan_json, json_file=inst,
-                     evaluator_type="coco_panoptic_seg", ignore_label=255, label_divisor=1000,
-                     **extra, **coco_pan_meta)
+            meta.set(
+                image_root=img,
+                panoptic_root=pan_dir,
+                panoptic_json=pan_json,
+                json_file=inst,
+                evaluator_type="coco_panoptic_seg",
+                ignore_label=255,
+                label_divisor=1000,
+                **extra,
+                **coco_pan_meta,
+            )
 
 
 def _register_ade20k(root: str) -> None:
@@ -81,8 +92,13 @@ def _register_ade20k(root: str) -> None:
 
         name = f"ade20k_sem_seg_{split}"
         DatasetCatalog.register(name, load_sem)
-        MetadataCatalog.get(name).set(image_root=img, sem_seg_root=sem, evaluator_type="sem_seg",
-                                      ignore_label=255, **semantic_metadata(ADE20K_150_CATEGORIES))
+        MetadataCatalog.get(name).set(
+            image_root=img,
+            sem_seg_root=sem,
+            evaluator_type="sem_seg",
+            ignore_label=255,
+            **semantic_metadata(ADE20K_150_CATEGORIES),
+        )
 
         pan_json = os.path.join(ade, f"ade20k_panoptic_{split}.json")
         pan_dir = os.path.join(ade, f"ade20k_panoptic_{split}")
@@ -95,9 +111,17 @@ def _register_ade20k(root: str) -> None:
             return load_coco_panoptic_json(pan_json, img, pan_dir, meta, sem)
 
         DatasetCatalog.register(name, load_pan)
-        meta.set(image_root=img, panoptic_root=pan_dir, panoptic_json=pan_json, sem_seg_root=sem,
-                 json_file=inst_json, evaluator_type="ade20k_panoptic_seg", ignore_label=255,
-                 label_divisor=1000, **panoptic_metadata(ADE20K_150_CATEGORIES))
+        meta.set(
+            image_root=img,
+            panoptic_root=pan_dir,
+            panoptic_json=pan_json,
+            sem_seg_root=sem,
+            json_file=inst_json,
+            evaluator_type="ade20k_panoptic_seg",
+            ignore_label=255,
+            label_divisor=1000,
+            **panoptic_metadata(ADE20K_150_CATEGORIES),
+        )
 
         name = f"ade20k_instance_{split}"
 
@@ -106,8 +130,12 @@ def _register_ade20k(root: str) -> None:
             return load_coco_json(inst_json, img, name)
 
         DatasetCatalog.register(name, load_ins)
-        MetadataCatalog.get(name).set(image_root=img, json_file=inst_json, evaluator_type="coco",
-                                      **instance_metadata(ADE20K_150_CATEGORIES))
+        MetadataCatalog.get(name).set(
+            image_root=img,
+            json_file=inst_json,
+            evaluator_type="coco",
+            **instance_metadata(ADE20K_150_CATEGORIES),
+        )
 
     full = os.path.join(root, "ADE20K_2021_17_01")
     for split, folder in (("train", "training"), ("val", "validation")):
@@ -115,8 +143,9 @@ def _register_ade20k(root: str) -> None:
         sem = os.path.join(full, "annotations_detectron2", folder)
         name = f"ade20k_full_sem_seg_{split}"
         DatasetCatalog.register(name, lambda img=img, sem=sem: load_sem_seg(sem, img, ".tif", ".jpg"))
-        MetadataCatalog.get(name).set(image_root=img, sem_seg_root=sem, evaluator_type="sem_seg",
-                                      ignore_label=65535, num_classes=847)
+        MetadataCatalog.get(name).set(
+            image_root=img, sem_seg_root=sem, evaluator_type="sem_seg", ignore_label=65535, num_classes=847
+        )
 
 
 def _register_cityscapes(root: str) -> None:
@@ -127,12 +156,22 @@ def _register_cityscapes(root: str) -> None:
         gt = os.path.join(cs, "gtFine", split)
         name = f"cityscapes_fine_sem_seg_{split}"
         DatasetCatalog.register(name, lambda img=img, gt=gt: load_cityscapes_semantic(img, gt))
-        MetadataCatalog.get(name).set(image_dir=img, gt_dir=gt, evaluator_type="cityscapes_sem_seg",
-                                      ignore_label=255, **semantic_metadata(CITYSCAPES_CATEGORIES))
+        MetadataCatalog.get(name).set(
+            image_dir=img,
+            gt_dir=gt,
+            evaluator_type="cityscapes_sem_seg",
+            ignore_label=255,
+            **semantic_metadata(CITYSCAPES_CATEGORIES),
+        )
         name = f"cityscapes_fine_instance_seg_{split}"
         DatasetCatalog.register(name, lambda img=img, gt=gt: load_cityscapes_instances(img, gt))
-        MetadataCatalog.get(name).set(image_dir=img, gt_dir=gt, evaluator_type="cityscapes_instance",
-                                      ignore_label=255, **instance_metadata(CITYSCAPES_CATEGORIES))
+        MetadataCatalog.get(name).set(
+            image_dir=img,
+            gt_dir=gt,
+            evaluator_type="cityscapes_instance",
+            ignore_label=255,
+            **instance_metadata(CITYSCAPES_CATEGORIES),
+        )
         pan_dir = os.path.join(cs, "gtFine", f"cityscapes_panoptic_{split}")
         pan_json = os.path.join(cs, "gtFine", f"cityscapes_panoptic_{split}.json")
         name = f"cityscapes_fine_panoptic_{split}"
@@ -140,8 +179,17 @@ def _register_cityscapes(root: str) -> None:
         DatasetCatalog.register(
             name, lambda img=img, d=pan_dir, j=pan_json, m=meta: load_cityscapes_panoptic(img, d, j, m)
         )
-        meta.set(image_dir=img, gt_dir=gt, image_root=img, panoptic_root=pan_dir, panoptic_json=pan_json,
-                 evaluator_type="cityscapes_panoptic_seg", ignore_label=255, label_divisor=1000, **pan_meta)
+        meta.set(
+            image_dir=img,
+            gt_dir=gt,
+            image_root=img,
+            panoptic_root=pan_dir,
+            panoptic_json=pan_json,
+            evaluator_type="cityscapes_panoptic_seg",
+            ignore_label=255,
+            label_divisor=1000,
+            **pan_meta,
+        )
 
 
 def _register_mapillary(root: str) -> None:
@@ -151,8 +199,13 @@ def _register_mapillary(root: str) -> None:
         sem = os.path.join(mv, folder, "labels")
         name = f"mapillary_vistas_sem_seg_{split}"
         DatasetCatalog.register(name, lambda img=img, sem=sem: load_sem_seg(sem, img, ".png", ".jpg"))
-        MetadataCatalog.get(name).set(image_root=img, sem_seg_root=sem, evaluator_type="sem_seg",
-                                      ignore_label=65, **semantic_metadata(MAPILLARY_VISTAS_CATEGORIES))
+        MetadataCatalog.get(name).set(
+            image_root=img,
+            sem_seg_root=sem,
+            evaluator_type="sem_seg",
+            ignore_label=65,
+            **semantic_metadata(MAPILLARY_VISTAS_CATEGORIES),
+        )
         pan_dir = os.path.join(mv, folder, "panoptic")
         pan_json = os.path.join(pan_dir, "panoptic_2018.json")
         name = f"mapillary_vistas_panoptic_{split}"
@@ -160,12 +213,20 @@ def _register_mapillary(root: str) -> None:
         # The model needs the thing/stuff split before any file is read; panoptic_2018.json
         # numbers its categories from 1, in table order (a JSON that disagrees is reported on load).
         DatasetCatalog.register(
-            name, lambda img=img, d=pan_dir, j=pan_json, m=meta, s=sem: load_coco_panoptic_json(j, img, d, m, s)
+            name,
+            lambda img=img, d=pan_dir, j=pan_json, m=meta, s=sem: load_coco_panoptic_json(j, img, d, m, s),
         )
         one_based = tuple((i + 1, *c[1:]) for i, c in enumerate(MAPILLARY_VISTAS_CATEGORIES))
-        meta.set(image_root=img, panoptic_root=pan_dir, panoptic_json=pan_json, sem_seg_root=sem,
-                 evaluator_type="mapillary_vistas_panoptic_seg", ignore_label=65, label_divisor=1000,
-                 **panoptic_metadata(one_based))
+        meta.set(
+            image_root=img,
+            panoptic_root=pan_dir,
+            panoptic_json=pan_json,
+            sem_seg_root=sem,
+            evaluator_type="mapillary_vistas_panoptic_seg",
+            ignore_label=65,
+            label_divisor=1000,
+            **panoptic_metadata(one_based),
+        )
 
 
 def register_all(root: str | None = None) -> None:

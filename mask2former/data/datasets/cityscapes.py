@@ -79,7 +79,9 @@ def load_cityscapes_instances(image_dir: str, gt_dir: str) -> list[dict]:
                 }
             )
         stem = os.path.basename(image_file)[: -len("_leftImg8bit.png")]
-        dicts.append({"file_name": image_file, "image_id": stem, "height": h, "width": w, "annotations": annos})
+        dicts.append(
+            {"file_name": image_file, "image_id": stem, "height": h, "width": w, "annotations": annos}
+        )
     logger.info("Loaded %d Cityscapes images with instances from %s", len(dicts), gt_dir)
     return dicts
 
