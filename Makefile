@@ -1,6 +1,6 @@
 # `make demo`: set up .venv when it is missing, then generate the bundled shapes dataset, train
 # Mask2Former on it on the CPU, evaluate it (PQ, AP, mIoU) and draw val predictions
-# (tools/main_job.py; about 15 minutes on 2 cores). `make test`: the unit tests.
+# (tools/main_job.py; 5-10 minutes on 2 CPU cores, plus the installation). `make test`: the unit tests.
 
 PYTHON3 ?= python3
 VENV ?= .venv
@@ -19,6 +19,6 @@ setup: $(STAMP)
 
 $(STAMP):
 	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
-	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1 "setuptools>=69" wheel
 	$(PY) -m pip install --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
