@@ -14,21 +14,31 @@ Two implementations:
   registered here so that it works under `torch.compile` and `torch.export`;
 - `ms_deform_attn_reference`, pure PyTorch (one grid_sample per level): the test oracle, and the
   fallback when the extension is not built.
-`ms_deform_attn(..., impl="auto")` picks the compiled op when it is loaded for the input's device.
+`ms_deform_attn(..., impl="auto")` picks the compiled op when it is loaded for the input's device;
+inside `with deform_attn_implementation(...)` calls with impl="auto" use the implementation named
+there instead (ONNX export uses the reference: grid_sample becomes ONNX GridSample).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import warnings
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["compiled_op_available", "load_extension", "ms_deform_attn", "ms_deform_attn_reference"]
+__all__ = [
+    "compiled_op_available",
+    "deform_attn_implementation",
+    "load_extension",
+    "ms_deform_attn",
+    "ms_deform_attn_reference",
+]
 
 BUILD_HINT = (
     "build it with `pip install --no-build-isolation -e .` from the repository root "
@@ -42,6 +52,8 @@ _IMPLS = ("auto", "compiled", "reference")
 # Filled by load_extension() on its first call: {"module": the loaded extension or None}.
 _loaded: dict[str, ModuleType | None] = {}
 _fallback_warned: set[str] = set()
+# Stack of (impl, level shapes or None) set by deform_attn_implementation(); the innermost wins.
+_overrides: list[tuple[str, tuple[tuple[int, int], ...] | None]] = []
 
 
 def ms_deform_attn_reference(
@@ -184,6 +196,50 @@ def _resolve_impl(impl: str, device_type: str) -> str:
     return impl
 
 
+@contextlib.contextmanager
+def deform_attn_implementation(
+    impl: str, *, level_shapes: Sequence[tuple[int, int]] | None = None
+) -> Iterator[None]:
+    """Within the block, `ms_deform_attn` calls made with impl="auto" (as the pixel decoder's are)
+    use `impl` ("compiled" or "reference"); calls naming an impl explicitly are unaffected.
+
+    `level_shapes` [(H_l, W_l)] (reference only) are the levels' sizes as Python ints, used instead of
+    reading the values of `spatial_shapes`: a tracer such as `torch.export` knows a tensor's shape
+    but not its values, and the reference needs the sizes to split and reshape the value per level.
+    They are checked against `spatial_shapes` when its values are known and against S otherwise.
+    Not thread-safe: it sets a module-level default for the duration of the block.
+    """
+    if impl not in ("compiled", "reference"):
+        raise ValueError(f"deform_attn_implementation: impl must be 'compiled' or 'reference', got {impl!r}")
+    if level_shapes is not None and impl != "reference":
+        raise ValueError("deform_attn_implementation: level_shapes only apply to impl='reference'")
+    shapes = tuple((int(h), int(w)) for h, w in level_shapes) if level_shapes is not None else None
+    _overrides.append((impl, shapes))
+    try:
+        yield
+    finally:
+        _overrides.pop()
+
+
+def _checked_level_shapes(
+    level_shapes: tuple[tuple[int, int], ...], spatial_shapes: Tensor, value: Tensor
+) -> tuple[tuple[int, int], ...]:
+    """`level_shapes` after checking them against the call's spatial_shapes [L, 2] and value [B, S, M, D]."""
+    if sum(h * w for h, w in level_shapes) != value.shape[1] or len(level_shapes) != spatial_shapes.shape[0]:
+        raise ValueError(
+            f"deform_attn_implementation: level_shapes {list(level_shapes)} do not fit value with "
+            f"S={value.shape[1]} positions over {spatial_shapes.shape[0]} levels"
+        )
+    if not torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        actual = [tuple(s) for s in spatial_shapes.tolist()]
+        if actual != list(level_shapes):
+            raise ValueError(
+                f"deform_attn_implementation: level_shapes {list(level_shapes)} differ from the "
+                f"spatial_shapes of the call {actual}"
+            )
+    return level_shapes
+
+
 def ms_deform_attn(
     value: Tensor,
     spatial_shapes: Tensor,
@@ -200,7 +256,13 @@ def ms_deform_attn(
     PyTorch), or "auto": compiled when available for `value.device`, else the reference with a one-time
     warning that says how to build the op. The compiled op accepts float16 / bfloat16 values with
     float32 locations and weights (as under autocast), accumulates in float32 and returns value's dtype.
+    See `deform_attn_implementation` for changing what "auto" means within a block.
     """
+    if impl == "auto" and _overrides:
+        impl, level_shapes = _overrides[-1]
+        if level_shapes is not None:
+            level_shapes = _checked_level_shapes(level_shapes, spatial_shapes, value)
+            return ms_deform_attn_reference(value, level_shapes, sampling_locations, attention_weights)
     if _resolve_impl(impl, value.device.type) == "reference":
         return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
     return torch.ops.mask2former.ms_deform_attn(
