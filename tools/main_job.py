@@ -3,7 +3,7 @@
 it on the CPU with tools/train_net.py, evaluate on its val split (PQ, AP, mIoU) and draw the
 predictions of a few val images.
 
-    python tools/main_job.py                                   # everything, about 15 minutes on 2 cores
+    python tools/main_job.py                                   # everything, about 5 minutes on 2 CPU cores
     python tools/main_job.py --skip-training                   # evaluate + draw OUTPUT_DIR/model_final.pth
     python tools/main_job.py SOLVER.MAX_ITER 100               # config overrides go to train_net
 
