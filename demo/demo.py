@@ -32,7 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mask2former.config import get_cfg  # noqa: E402
 from mask2former.data.detection_utils import read_image  # noqa: E402
 from mask2former.predictor import Predictor  # noqa: E402
-from mask2former.synthetic import ensure_bundled_datasets_registered  # noqa: E402
 from mask2former.utils.visualizer import Visualizer  # noqa: E402
 
 logger = logging.getLogger("mask2former.demo")
@@ -238,7 +237,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         logging.basicConfig(
             level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
         )
-    ensure_bundled_datasets_registered()
     cfg = setup_cfg(args)
     predictor = Predictor(cfg)
     if args.input:

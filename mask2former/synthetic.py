@@ -360,22 +360,12 @@ def register_bundled_datasets(root: str, prefix: str = "shapes") -> None:
         MetadataCatalog.get(sem_name).set(stuff_colors=[list(c[3]) for c in SHAPES_CATEGORIES])
 
 
-def ensure_bundled_datasets_registered(root: str | None = None) -> None:
-    """Register the shapes datasets under `root` (default `default_root()`) unless the builtin
-    registration already did; tools that use them call this before building a model."""
-    from .data.catalog import DatasetCatalog
-
-    if "shapes_train_panoptic" not in DatasetCatalog:
-        register_bundled_datasets(root or default_root())
-
-
 __all__ = [
     "DEFAULT_SPLITS",
     "SHAPES_CATEGORIES",
     "SceneConfig",
     "dataset_exists",
     "default_root",
-    "ensure_bundled_datasets_registered",
     "generate_dataset",
     "generate_scene",
     "generate_split",

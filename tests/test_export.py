@@ -29,7 +29,6 @@ from mask2former.layers.ms_deform_attn import (
     ms_deform_attn_reference,
 )
 from mask2former.modeling import build_model
-from mask2former.synthetic import ensure_bundled_datasets_registered
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "shapes" / "maskformer2_R18_tiny_test.yaml"
@@ -57,7 +56,6 @@ def _within_tolerance(expected, actual) -> dict[str, tuple[float, float]]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(eager MaskFormer, its export wrapper, output folder) after running the tool on its weights."""
-    ensure_bundled_datasets_registered()
     cfg = get_cfg()
     cfg.merge_from_file(str(CONFIG))
     cfg.MODEL.DEVICE = "cpu"

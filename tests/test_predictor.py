@@ -10,14 +10,13 @@ from PIL import Image
 from mask2former.checkpoint import save_weights
 from mask2former.config import get_cfg
 from mask2former.predictor import Predictor
-from mask2former.synthetic import SceneConfig, ensure_bundled_datasets_registered, generate_scene
+from mask2former.synthetic import SceneConfig, generate_scene
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "shapes", "maskformer2_R18_tiny_test.yaml")
 
 
 def tiny_cfg(*opts):
-    ensure_bundled_datasets_registered()
     cfg = get_cfg()
     cfg.merge_from_file(TINY)
     cfg.merge_from_list(list(opts))

@@ -45,7 +45,6 @@ from mask2former.export import (
     run_onnx,
 )
 from mask2former.modeling import build_model
-from mask2former.synthetic import ensure_bundled_datasets_registered
 
 FORMATS = ("torch_export", "onnx")
 
@@ -106,7 +105,6 @@ def check(name: str, expected, actual, tolerance: float) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    ensure_bundled_datasets_registered()  # metadata (thing classes) of the shapes configs
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.MODEL.DEVICE = "cpu"

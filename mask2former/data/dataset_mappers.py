@@ -59,6 +59,9 @@ def _load_image(dataset_dict: dict) -> tv_tensors.Image:
     """Decode `file_name` as RGB uint8 [3, H, W] and check it against the dict's height/width."""
     img = read_image(dataset_dict["file_name"], "RGB")
     check_image_size(dataset_dict, img)
+    img = np.require(
+        img, requirements=["C", "W"]
+    )  # a writable copy only when the decoder gave a read-only view
     return tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1))
 
 

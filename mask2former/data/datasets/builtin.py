@@ -236,6 +236,14 @@ def register_all(root: str | None = None) -> None:
     _register_ade20k(root)
     _register_cityscapes(root)
     _register_mapillary(root)
+    _register_shapes(root)
+
+
+def _register_shapes(root: str) -> None:
+    """The bundled synthetic dataset (`make demo`), generated into <root>/shapes."""
+    from ...synthetic import register_bundled_datasets
+
+    register_bundled_datasets(os.path.join(root, "shapes"))
 
 
 __all__ = ["register_all"]
