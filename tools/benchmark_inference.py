@@ -31,6 +31,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random weights (they decide how many segments survive)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args()
 
@@ -64,6 +70,7 @@ def main() -> None:
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = args.device
     cfg.MODEL.WEIGHTS = ""
+    torch.manual_seed(args.seed)
     model = build_model(cfg).eval()
     device = model.device
     inputs = [

@@ -96,10 +96,13 @@ def instance_inference(
     is_thing: Tensor | None,
 ) -> Instances:
     """mask_cls [Q, K+1], mask_pred [Q, H, W] logits and mask_probs (their sigmoid) -> the top
-    `max_detections` (query, class)
-    pairs as Instances sorted by score: `pred_masks` bool [N, H, W], `pred_boxes` (tight boxes of
-    the masks), `scores` (class probability x mean mask probability inside the mask),
-    `pred_classes`. With `is_thing` given (panoptic inference on), stuff classes are dropped."""
+    `max_detections` (query, class) pairs as Instances sorted by score: `pred_masks` bool
+    [N, H, W], `pred_boxes` (tight boxes of the masks), `scores` (class probability x mean mask
+    probability inside the mask), `pred_classes`. With `is_thing` given (panoptic inference on),
+    stuff classes are dropped.
+
+    A query's mask, box and mask score do not depend on the class it is paired with, so they
+    are computed once per query and gathered for the selected pairs."""
     num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
     probs = mask_cls.softmax(-1)[:, :-1]  # [Q, K]
     k = min(max_detections, num_queries * num_classes)
@@ -109,17 +112,18 @@ def instance_inference(
     if is_thing is not None:
         thing = is_thing[labels]
         top_scores, labels, queries = top_scores[thing], labels[thing], queries[thing]
-    binary = mask_pred[queries] > 0  # [N, H, W]
-    mask_scores = (mask_probs[queries].flatten(1) * binary.flatten(1)).sum(1) / (
-        binary.flatten(1).sum(1) + 1e-6
-    )
-    scores = top_scores * mask_scores
+    binary = mask_pred > 0  # [Q, H, W]
+    inside = binary.flatten(1).to(mask_probs.dtype)  # [Q, H*W], 1.0 inside the mask
+    inside_prob = torch.bmm(mask_probs.flatten(1)[:, None], inside[:, :, None]).view(-1)  # [Q]
+    mask_scores = inside_prob / (inside.sum(1) + 1e-6)  # [Q]
+    boxes = Boxes.from_masks(binary).tensor  # [Q, 4]
+    scores = top_scores * mask_scores[queries]
     order = scores.argsort(descending=True)
-    binary = binary[order]
+    queries = queries[order]
     return Instances(
         tuple(mask_pred.shape[-2:]),
-        pred_masks=binary,
-        pred_boxes=Boxes.from_masks(binary),
+        pred_masks=binary[queries],
+        pred_boxes=Boxes(boxes[queries]),
         scores=scores[order],
         pred_classes=labels[order],
     )

@@ -21,8 +21,8 @@ class Boxes:
         """Tight boxes around boolean masks [N, H, W]; an empty mask gives a zero box."""
         if masks.numel() == 0:
             return cls(torch.zeros(masks.shape[0], 4, device=masks.device))
-        rows = masks.any(dim=2)  # [N, H]
-        cols = masks.any(dim=1)  # [N, W]
+        rows = masks.amax(dim=2)  # [N, H]: any pixel in the row (amax is faster than any)
+        cols = masks.amax(dim=1)  # [N, W]
         h, w = masks.shape[-2:]
         ar_h = torch.arange(h, device=masks.device)
         ar_w = torch.arange(w, device=masks.device)
