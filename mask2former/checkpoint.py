@@ -180,17 +180,34 @@ def load_weights(model: nn.Module, weights: str | dict[str, Tensor]) -> LoadRepo
     return report
 
 
-def save_weights(model: nn.Module, path: str) -> None:
-    """Write the model's weights with the original's key names, atomically. A `.pkl` path gets the
-    Detectron2 layout (`{"model": {name: numpy array}}`, loadable by the original project); any
-    other path gets `{"model": state_dict}` as a torch file."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def write_state_dict(
+    state: dict[str, Tensor | np.ndarray],
+    path: str,
+    *,
+    author: str = "mask2former",
+    matching_heuristics: bool = False,
+) -> None:
+    """Write a state dict atomically (temporary file, fsync, rename). A `.pkl` path gets the
+    Detectron2 layout (`{"model": {name: numpy array}, "__author__", "matching_heuristics"}`,
+    loadable by the original project); any other path gets `{"model": state_dict}` as a torch file.
+    `matching_heuristics` marks files whose names lack the `backbone.` prefix (pretrained backbones)."""
+    tensors = {k: torch.as_tensor(v).detach().cpu() for k, v in state.items()}
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
         if path.endswith(".pkl"):
-            pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "mask2former"}, f)
+            arrays = {
+                k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in tensors.items()
+            }
+            pickle.dump(
+                {"model": arrays, "__author__": author, "matching_heuristics": matching_heuristics}, f
+            )
         else:
-            torch.save({"model": state}, f)
+            torch.save({"model": tensors}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_weights(model: nn.Module, path: str) -> None:
+    """Write the model's weights with the original's key names (see `write_state_dict`)."""
+    write_state_dict(model.state_dict(), path)

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import pickle
 import re
 import sys
 
 import numpy as np
 import torch
+
+from mask2former.checkpoint import load_state_dict_file, write_state_dict
 
 _DROPPED = re.compile(r"(head\..*|norm\.(weight|bias)|layers\.\d+\.blocks\.\d+\.attn_mask)")
 _KNOWN = re.compile(
@@ -90,25 +90,6 @@ def infer_swin_config(model: dict[str, np.ndarray]) -> dict[str, object]:
     }
 
 
-def load_official_state(path: str) -> dict[str, torch.Tensor]:
-    """Read an official Swin checkpoint (tensors only, never code)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return obj
-
-
-def write_pkl(model: dict[str, np.ndarray], path: str, author: str) -> None:
-    """Write `{"model": model, "__author__": author, "matching_heuristics": True}` atomically."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump({"model": model, "__author__": author, "matching_heuristics": True}, f)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="official Swin weights (.pth)")
@@ -116,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.output.endswith(".pkl"):
         parser.error(f"output {args.output!r} must end in .pkl")
-    model = convert(load_official_state(args.input), args.input)
-    write_pkl(model, args.output, "microsoft/Swin-Transformer")
+    model = convert(load_state_dict_file(args.input), args.input)
+    write_state_dict(model, args.output, author="microsoft/Swin-Transformer", matching_heuristics=True)
     print(f"wrote {len(model)} arrays to {args.output}; the weights imply:")
     for key, value in infer_swin_config(model).items():
         print(f"  MODEL.SWIN.{key} {value}")

@@ -20,13 +20,13 @@ the original's configs do).
 from __future__ import annotations
 
 import argparse
-import os
-import pickle
 import re
 import sys
 
 import numpy as np
 import torch
+
+from mask2former.checkpoint import load_state_dict_file, write_state_dict
 
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 
@@ -68,25 +68,6 @@ def convert(state: dict[str, torch.Tensor], source: str = "<state dict>") -> dic
     return out
 
 
-def load_torchvision_state(path: str) -> dict[str, torch.Tensor]:
-    """Read a torchvision checkpoint (tensors only, never code)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return obj
-
-
-def write_pkl(model: dict[str, np.ndarray], path: str, author: str) -> None:
-    """Write `{"model": model, "__author__": author, "matching_heuristics": True}` atomically."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump({"model": model, "__author__": author, "matching_heuristics": True}, f)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="torchvision ResNet weights (.pth)")
@@ -94,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.output.endswith(".pkl"):
         parser.error(f"output {args.output!r} must end in .pkl")
-    model = convert(load_torchvision_state(args.input), args.input)
-    write_pkl(model, args.output, "torchvision")
+    model = convert(load_state_dict_file(args.input), args.input)
+    write_state_dict(model, args.output, author="torchvision", matching_heuristics=True)
     blocks = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in model if k.startswith("res")})
     print(f"wrote {len(model)} arrays ({len(blocks)} residual blocks) to {args.output}")
     return 0
