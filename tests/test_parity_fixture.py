@@ -140,6 +140,8 @@ def test_instances(stages, fixture):
 def test_weights_round_trip_original_format(model_and_inputs, tmp_path):
     """A model saved in the original's Detectron2 .pkl layout loads back to identical outputs."""
     model, inputs = model_and_inputs
+    with torch.no_grad():
+        before = model(inputs)
     path = tmp_path / "exported.pkl"
     save_weights(model, str(path))
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -150,3 +152,10 @@ def test_weights_round_trip_original_format(model_and_inputs, tmp_path):
     assert not report.missing and not report.unexpected
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, state_before[k], rtol=0, atol=0, msg=k)
+    with torch.no_grad():
+        after = model(inputs)
+    for a, b in zip(before, after):
+        assert torch.equal(a["sem_seg"], b["sem_seg"])
+        assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0])
+        assert a["panoptic_seg"][1] == b["panoptic_seg"][1]
+        assert torch.equal(a["instances"].scores, b["instances"].scores)
