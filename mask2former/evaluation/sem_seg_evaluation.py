@@ -124,7 +124,7 @@ def semantic_metrics(conf: np.ndarray, class_names: list[str]) -> dict:
     res["pACC"] = 100 * tp.sum() / max(pos_gt.sum(), 1)
     for i, name in enumerate(class_names):
         res[f"ACC-{name}"] = 100 * acc[i]
-    return res
+    return {k: float(v) for k, v in res.items()}  # plain floats for logs and metrics.json
 
 
 __all__ = ["SemSegEvaluator", "semantic_metrics"]
