@@ -158,3 +158,20 @@ def test_unknown_inference_dtype_is_named():
     cfg.MODEL.INFERENCE_DTYPE = "float8"
     with pytest.raises(ValueError, match="MODEL.INFERENCE_DTYPE"):
         build_model(cfg)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_and_keeps_parameter_names():
+    """MODEL.COMPILE: backbone and head through torch.compile (with the custom deformable op)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    eager = build_model(cfg).eval()
+    cfg.MODEL.COMPILE = True
+    compiled = build_model(cfg).eval()
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    compiled.load_state_dict(eager.state_dict())
+    inputs = [{"image": _image(64, 96)}]
+    with torch.no_grad():
+        ref, out = eager(inputs)[0], compiled(inputs)[0]
+    torch.testing.assert_close(out["sem_seg"], ref["sem_seg"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(out["panoptic_seg"][0], ref["panoptic_seg"][0])
