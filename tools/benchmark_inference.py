@@ -6,7 +6,9 @@ and post-processing, for a config and image size, on CPU or GPU, with random wei
         --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml \
         --height 512 --width 768 --device cpu
 
-Prints milliseconds per image (median over --iters timed runs after --warmup runs).
+Prints milliseconds per image (median over --iters timed runs after --warmup runs) and images
+per second. Precision and compilation are config keys: append `MODEL.INFERENCE_DTYPE bfloat16`
+or `MODEL.COMPILE True`; `--batch-size N` times N images per forward pass.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ def main() -> None:
     for name, values in watch.times.items():
         ms = statistics.median(values) * 1000 / args.batch_size
         print(f"  {name:<12} {ms:9.1f} ms/image")
+    print(
+        f"  throughput   {1000 / (statistics.median(watch.times['total']) * 1000 / args.batch_size):9.2f} images/s"
+    )
 
 
 if __name__ == "__main__":
