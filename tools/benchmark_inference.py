@@ -80,14 +80,17 @@ def main() -> None:
         for _ in range(args.batch_size)
     ]
     watch = Stopwatch(device)
+    low_precision = model.inference_dtype != torch.float32
+    autocast = torch.autocast(device.type, dtype=model.inference_dtype, enabled=low_precision)
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
             if i == args.warmup:
                 watch.times.clear()
             start = time.perf_counter()
             images = watch.run("preprocess", model.preprocess_image, inputs)
-            features = watch.run("backbone", model.backbone, images.tensor)
-            outputs = watch.run("head", model.sem_seg_head, features)
+            with autocast:  # as MaskFormer.forward runs backbone and head
+                features = watch.run("backbone", model.backbone, images.tensor)
+                outputs = watch.run("head", model.sem_seg_head, features)
             watch.run("postprocess", model.postprocess, outputs, inputs, images)
             watch.sync()
             watch.times.setdefault("total", []).append(time.perf_counter() - start)
@@ -102,7 +105,7 @@ def main() -> None:
     ]
     print(
         f"{args.config_file}: {args.batch_size} x {args.height}x{args.width}, device {device}, "
-        f"threads {torch.get_num_threads()}, outputs {'+'.join(tasks)}, {args.iters} timed runs"
+        f"threads {torch.get_num_threads()}, {model.inference_dtype}, outputs {'+'.join(tasks)}, {args.iters} timed runs"
     )
     for name, values in watch.times.items():
         ms = statistics.median(values) * 1000 / args.batch_size
