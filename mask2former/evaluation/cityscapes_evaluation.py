@@ -2,12 +2,21 @@
 
 Predictions are written in the official submission format (label-id PNGs; per-image text files
 listing instance mask PNGs) to a folder and evaluated against the `gtFine` files named by the
-dataset metadata `gt_dir` (`*_gtFine_labelIds.png`, `*_gtFine_instanceIds.png`).
+dataset metadata `gt_dir` (`*_gtFine_labelIds.png`, `*_gtFine_instanceIds.png`); every image
+under `gt_dir` must have been processed. cityscapesscripts 2.3.0 is run on numpy 2 through two
+rebound names of its evaluation modules (`_cs_module`), with a private copy of its global `args`,
+in the prediction folder (it writes `matches.json` to the working directory), and its exits
+(`printError` -> `sys.exit`) raised as RuntimeError.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import glob
+import importlib
+import io
+import json
 import logging
 import os
 import tempfile
@@ -20,6 +29,72 @@ from ..data.catalog import MetadataCatalog
 from .evaluator import DatasetEvaluator, all_gather, is_main_process
 
 logger = logging.getLogger(__name__)
+
+
+class _NumpyWithIn1d:
+    """numpy plus `in1d` (removed in numpy 2.4, still called by cityscapesscripts 2.3.0):
+    `in1d(a, b, invert)` is `isin(a, b, invert).ravel()` by numpy's own definition."""
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    @staticmethod
+    def in1d(ar1, ar2, assume_unique: bool = False, invert: bool = False) -> np.ndarray:
+        return np.isin(ar1, ar2, assume_unique=assume_unique, invert=invert).ravel()
+
+
+def _write_dict_to_json(d: dict, file_name: str) -> None:
+    """cityscapesscripts' `writeDict2JSON`, also for numpy scalars (numpy 2 returns them from
+    `count_nonzero`, which the original cannot serialize)."""
+
+    def default(o):
+        return o.item() if isinstance(o, np.generic) else o.__dict__
+
+    with open(file_name, "w") as f:
+        f.write(json.dumps(d, default=default, sort_keys=True, indent=4))
+
+
+def _cs_module(name: str):
+    """An official cityscapesscripts evaluation module, made to run on numpy 2 by rebinding two
+    of its module-level names (numpy itself is left as it is): `np` gains `in1d` where numpy no
+    longer has it, and `writeDict2JSON` accepts numpy scalars."""
+    module = importlib.import_module(f"cityscapesscripts.evaluation.{name}")
+    if not hasattr(np, "in1d") and not isinstance(module.np, _NumpyWithIn1d):
+        module.np = _NumpyWithIn1d()
+    if hasattr(module, "writeDict2JSON"):
+        module.writeDict2JSON = _write_dict_to_json
+    return module
+
+
+def _cs_args(module, **overrides):
+    """A private copy of the module's global `args` (its defaults) with `overrides`, so that one
+    evaluation leaves nothing behind for the next (e.g. the cached walk of a prediction folder)."""
+    args = copy.copy(module.args)
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+@contextlib.contextmanager
+def _working_dir(path: str):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _run_cs(fn, *args, workdir: str):
+    """Call a cityscapesscripts function in `workdir` (it writes `matches.json` to the working
+    directory); its errors (printed, then `sys.exit`) become a RuntimeError with the message."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), _working_dir(workdir):
+            return fn(*args)
+    except SystemExit as e:
+        msg = out.getvalue().strip().splitlines()
+        raise RuntimeError(f"cityscapesscripts failed: {msg[-1] if msg else e}") from None
 
 
 class _CityscapesEvaluator(DatasetEvaluator):
@@ -36,11 +111,30 @@ class _CityscapesEvaluator(DatasetEvaluator):
         # every process writes into rank 0's folder (one machine or a shared file system)
         self._dir = all_gather(self._tmp.name)[0]
 
-    def _gt_files(self, suffix: str) -> list[str]:
-        files = sorted(glob.glob(os.path.join(self.meta.gt_dir, "*", f"*_gtFine_{suffix}.png")))
-        if not files:
-            raise FileNotFoundError(f"No *_gtFine_{suffix}.png under {self.meta.gt_dir}")
-        return files
+    def _gt_and_predictions(self, suffix: str, pred_ext: str) -> tuple[list[str], list[str]]:
+        """Every `*_gtFine_<suffix>.png` under `gt_dir` (absolute paths) and the prediction file
+        written for its image; a ground truth without a prediction is an error."""
+        gt_dir = os.path.abspath(self.meta.gt_dir)
+        gts = sorted(glob.glob(os.path.join(gt_dir, "*", f"*_gtFine_{suffix}.png")))
+        if not gts:
+            raise FileNotFoundError(f"No *_gtFine_{suffix}.png under {gt_dir}")
+        preds = {}
+        for name in os.listdir(self._dir):
+            if name.endswith(pred_ext):
+                preds["_".join(name.split("_")[:3])] = os.path.join(self._dir, name)
+        missing = [g for g in gts if _cs_stem(g) not in preds]
+        if missing:
+            raise RuntimeError(
+                f"Cityscapes evaluation: no prediction for {len(missing)} of {len(gts)} ground-truth "
+                f"images under {gt_dir} (e.g. {os.path.basename(missing[0])}); every image of the "
+                "split must be processed"
+            )
+        return gts, [preds[_cs_stem(g)] for g in gts]
+
+
+def _cs_stem(path: str) -> str:
+    """<city>_<sequence>_<frame> of a Cityscapes file name."""
+    return "_".join(os.path.basename(path).split("_")[:3])
 
 
 class CityscapesSemSegEvaluator(_CityscapesEvaluator):
@@ -62,22 +156,26 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
         all_gather(None)  # wait for every process to finish writing
         if not is_main_process():
             return {}
-        import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
-
-        cs_eval.args.predictionPath = os.path.abspath(self._dir)
-        cs_eval.args.predictionWalk = None
-        cs_eval.args.JSONOutput = False
-        cs_eval.args.colorized = False
-        cs_eval.args.quiet = True
-        gts = self._gt_files("labelIds")
-        preds = [cs_eval.getPrediction(cs_eval.args, gt) for gt in gts]
-        r = cs_eval.evaluateImgLists(preds, gts, cs_eval.args)
+        cs_eval = _cs_module("evalPixelLevelSemanticLabeling")
+        args = _cs_args(
+            cs_eval,
+            predictionPath=os.path.abspath(self._dir),
+            predictionWalk=None,
+            JSONOutput=False,
+            colorized=False,
+            bold="",
+            nocol="",
+            quiet=True,
+        )
+        gts, preds = self._gt_and_predictions("labelIds", "_pred.png")
+        r = _run_cs(cs_eval.evaluateImgLists, preds, gts, args, workdir=self._dir)
         res = {
-            "IoU": 100.0 * r["averageScoreClasses"],
-            "iIoU": 100.0 * r["averageScoreInstClasses"],
-            "IoU_sup": 100.0 * r["averageScoreCategories"],
-            "iIoU_sup": 100.0 * r["averageScoreInstCategories"],
+            "IoU": 100.0 * float(r["averageScoreClasses"]),
+            "iIoU": 100.0 * float(r["averageScoreInstClasses"]),
+            "IoU_sup": 100.0 * float(r["averageScoreCategories"]),
+            "iIoU_sup": 100.0 * float(r["averageScoreInstCategories"]),
         }
+        logger.info("Cityscapes semantic segmentation on %d images: %s", len(gts), res)
         self._tmp.cleanup()
         return OrderedDict(sem_seg=res)
 
@@ -106,19 +204,23 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
         all_gather(None)
         if not is_main_process():
             return {}
-        import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as cs_eval
-
-        cs_eval.args.predictionPath = os.path.abspath(self._dir)
-        cs_eval.args.predictionWalk = None
-        cs_eval.args.JSONOutput = False
-        cs_eval.args.colorized = False
-        cs_eval.args.quiet = True
-        cs_eval.args.gtInstancesFile = os.path.join(self._dir, "gtInstances.json")
-        gts = self._gt_files("instanceIds")
-        preds = [cs_eval.getPrediction(gt, cs_eval.args) for gt in gts]
-        r = cs_eval.evaluateImgLists(preds, gts, cs_eval.args)["averages"]
+        cs_eval = _cs_module("evalInstanceLevelSemanticLabeling")
+        args = _cs_args(
+            cs_eval,
+            predictionPath=os.path.abspath(self._dir),
+            predictionWalk=None,
+            JSONOutput=False,
+            colorized=False,
+            quiet=True,
+            # computed from this split's files (the default is a cache inside the package)
+            gtInstancesFile=os.path.join(os.path.abspath(self._dir), "gtInstances.json"),
+        )
+        gts, preds = self._gt_and_predictions("instanceIds", "_pred.txt")
+        r = _run_cs(cs_eval.evaluateImgLists, preds, gts, args, workdir=self._dir)["averages"]
+        res = {"AP": 100.0 * float(r["allAp"]), "AP50": 100.0 * float(r["allAp50%"])}
+        logger.info("Cityscapes instance segmentation on %d images: %s", len(gts), res)
         self._tmp.cleanup()
-        return OrderedDict(segm={"AP": 100.0 * r["allAp"], "AP50": 100.0 * r["allAp50%"]})
+        return OrderedDict(segm=res)
 
 
 __all__ = ["CityscapesInstanceEvaluator", "CityscapesSemSegEvaluator"]
