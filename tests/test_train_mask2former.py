@@ -1,9 +1,10 @@
 """The real Mask2Former trained on CPU through the Trainer: a tiny config on a few synthetic
 shapes images, until the total loss has at least halved; it writes a final checkpoint that loads
-back into a fresh model."""
+back into a fresh model and that `tools/train_net.py --eval-only` scores."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -23,9 +24,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes" / "maskforme
 @pytest.mark.slow
 def test_tiny_mask2former_loss_halves_and_checkpoint_loads(tmp_path):
     root = tmp_path / "shapes"
-    generate_split(
-        str(root), "train", 6, seed=0, cfg=SceneConfig(height=64, width=64, min_things=1, max_things=2)
-    )
+    scenes = SceneConfig(height=64, width=64, min_things=1, max_things=2)
+    generate_split(str(root), "train", 6, seed=0, cfg=scenes)
+    generate_split(str(root), "val", 2, seed=1, cfg=scenes)
     register_bundled_datasets(str(root), prefix="halving_shapes")
     cfg = get_cfg()
     cfg.merge_from_file(str(CONFIG))
@@ -60,3 +61,15 @@ def test_tiny_mask2former_loss_halves_and_checkpoint_loads(tmp_path):
     trained = trainer.checkpointer.model.state_dict()
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, trained[k]), k
+
+    # --eval-only through the command-line tool scores the trained weights on the val split.
+    spec = importlib.util.spec_from_file_location("train_net", CONFIG.parents[2] / "tools" / "train_net.py")
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    args = train_net.default_argument_parser().parse_args(
+        ["--config-file", str(CONFIG), "--eval-only", "MODEL.WEIGHTS", str(final), "DATASETS.TEST",
+         "('halving_shapes_val_panoptic',)", "OUTPUT_DIR", str(tmp_path / "eval")]
+    )  # fmt: skip
+    results = train_net.main(args)
+    assert set(results) >= {"panoptic_seg", "segm", "sem_seg"}
+    assert 0 <= results["panoptic_seg"]["PQ"] <= 100 and results["sem_seg"]["mIoU"] > 0
