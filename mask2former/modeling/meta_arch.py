@@ -134,12 +134,11 @@ class MaskFormer(nn.Module):
                 if not self.sem_seg_postprocess_before_inference:
                     sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
                 r["sem_seg"] = sem_seg
-            is_thing = self.thing_classes_mask.to(mask_cls.device, non_blocking=True)
             if self.panoptic_on:
                 r["panoptic_seg"] = panoptic_inference(
                     mask_cls,
                     mask_probs,
-                    is_thing=is_thing,
+                    is_thing=self.thing_classes_mask,  # on the CPU: read there, no device copy
                     object_mask_threshold=self.object_mask_threshold,
                     overlap_threshold=self.overlap_threshold,
                 )
@@ -149,7 +148,9 @@ class MaskFormer(nn.Module):
                     mask_pred,
                     mask_probs,
                     max_detections=self.test_topk_per_image,
-                    is_thing=is_thing if self.panoptic_on else None,
+                    is_thing=self.thing_classes_mask.to(mask_cls.device, non_blocking=True)
+                    if self.panoptic_on
+                    else None,
                 )
             results.append(r)
         return results

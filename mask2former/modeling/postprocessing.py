@@ -43,7 +43,8 @@ def panoptic_inference(
     overlap_threshold: float,
 ) -> tuple[Tensor, list[dict]]:
     """mask_cls [Q, K+1] logits, mask_probs [Q, H, W] (sigmoid of the mask logits), is_thing
-    bool [K] -> (segment ids int32 [H, W] with 0 for unassigned, segments_info).
+    bool [K] (best on the CPU, where it is read) -> (segment ids int32 [H, W] with 0 for
+    unassigned, segments_info).
 
     A query is kept when its best class is not "no object" and scores above
     `object_mask_threshold`. Each pixel goes to the kept query with the highest score * mask
@@ -66,7 +67,7 @@ def panoptic_inference(
     valid = (won_area > 0) & (own_area > 0) & (final_area > 0)
     valid &= won_area.double() >= overlap_threshold * own_area.double()
     valid_cpu, classes_cpu = valid.cpu().tolist(), cur_classes.cpu().tolist()  # the one host sync
-    is_thing_cpu = is_thing.cpu().tolist()
+    is_thing_cpu = is_thing.tolist()
     segment_of_query = [0] * n
     segments_info: list[dict] = []
     stuff_ids: dict[int, int] = {}
