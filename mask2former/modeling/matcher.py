@@ -138,7 +138,7 @@ class HungarianMatcher(nn.Module):
             raise ValueError(
                 f"HungarianMatcher: {pred_logits.shape[0]} predictions but {len(targets)} targets"
             )
-        indices = []
+        costs: list[Tensor | None] = []  # per image [Q, N_i] on the device, None without targets
         for b, target in enumerate(targets):
             labels, masks = target["labels"], target["masks"]
             if masks.dim() != 3 or labels.shape != masks.shape[:1]:
@@ -147,11 +147,22 @@ class HungarianMatcher(nn.Module):
                     f"and {tuple(masks.shape)}"
                 )
             if labels.numel() == 0:
+                costs.append(None)
+                continue
+            costs.append(
+                self.cost_matrix(pred_logits[b], pred_masks[b], labels.to(pred_logits.device), masks)
+            )
+        present = [c for c in costs if c is not None]
+        on_host = torch.cat([c.flatten() for c in present]).cpu() if present else None  # one transfer
+        indices, offset = [], 0
+        for cost in costs:
+            if cost is None:
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            cost = self.cost_matrix(pred_logits[b], pred_masks[b], labels.to(pred_logits.device), masks)
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())  # rows sorted ascending
+            block = on_host[offset : offset + cost.numel()].view(cost.shape)
+            offset += cost.numel()
+            rows, cols = linear_sum_assignment(block.numpy())  # rows sorted ascending
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )
