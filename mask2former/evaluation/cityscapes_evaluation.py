@@ -131,6 +131,30 @@ class _CityscapesEvaluator(DatasetEvaluator):
             )
         return gts, [preds[_cs_stem(g)] for g in gts]
 
+    def _run_official(
+        self, script: str, gt_suffix: str, pred_ext: str, **extra_args
+    ) -> tuple[dict, int] | None:
+        """Run cityscapesscripts' `script` on the predictions written by `process` against every
+        `*_gtFine_<gt_suffix>.png`: (its result, number of images) on the main process, None on
+        the others. Cleans up the prediction folder."""
+        all_gather(None)  # wait for every process to finish writing
+        if not is_main_process():
+            return None
+        cs_eval = _cs_module(script)
+        args = _cs_args(
+            cs_eval,
+            predictionPath=os.path.abspath(self._dir),
+            predictionWalk=None,
+            JSONOutput=False,
+            colorized=False,
+            quiet=True,
+            **extra_args,
+        )
+        gts, preds = self._gt_and_predictions(gt_suffix, pred_ext)
+        result = _run_cs(cs_eval.evaluateImgLists, preds, gts, args, workdir=self._dir)
+        self._tmp.cleanup()
+        return result, len(gts)
+
 
 def _cs_stem(path: str) -> str:
     """<city>_<sequence>_<frame> of a Cityscapes file name."""
@@ -153,30 +177,17 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
             Image.fromarray(lut[pred]).save(os.path.join(self._dir, name))
 
     def evaluate(self) -> dict:
-        all_gather(None)  # wait for every process to finish writing
-        if not is_main_process():
+        run = self._run_official("evalPixelLevelSemanticLabeling", "labelIds", "_pred.png", bold="", nocol="")
+        if run is None:
             return {}
-        cs_eval = _cs_module("evalPixelLevelSemanticLabeling")
-        args = _cs_args(
-            cs_eval,
-            predictionPath=os.path.abspath(self._dir),
-            predictionWalk=None,
-            JSONOutput=False,
-            colorized=False,
-            bold="",
-            nocol="",
-            quiet=True,
-        )
-        gts, preds = self._gt_and_predictions("labelIds", "_pred.png")
-        r = _run_cs(cs_eval.evaluateImgLists, preds, gts, args, workdir=self._dir)
+        r, num_images = run
         res = {
             "IoU": 100.0 * float(r["averageScoreClasses"]),
             "iIoU": 100.0 * float(r["averageScoreInstClasses"]),
             "IoU_sup": 100.0 * float(r["averageScoreCategories"]),
             "iIoU_sup": 100.0 * float(r["averageScoreInstCategories"]),
         }
-        logger.info("Cityscapes semantic segmentation on %d images: %s", len(gts), res)
-        self._tmp.cleanup()
+        logger.info("Cityscapes semantic segmentation on %d images: %s", num_images, res)
         return OrderedDict(sem_seg=res)
 
 
@@ -201,25 +212,19 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
                     f.write(f"{png} {name2label[names[cls]].id} {score}\n")
 
     def evaluate(self) -> dict:
-        all_gather(None)
-        if not is_main_process():
-            return {}
-        cs_eval = _cs_module("evalInstanceLevelSemanticLabeling")
-        args = _cs_args(
-            cs_eval,
-            predictionPath=os.path.abspath(self._dir),
-            predictionWalk=None,
-            JSONOutput=False,
-            colorized=False,
-            quiet=True,
+        run = self._run_official(
+            "evalInstanceLevelSemanticLabeling",
+            "instanceIds",
+            "_pred.txt",
             # computed from this split's files (the default is a cache inside the package)
             gtInstancesFile=os.path.join(os.path.abspath(self._dir), "gtInstances.json"),
         )
-        gts, preds = self._gt_and_predictions("instanceIds", "_pred.txt")
-        r = _run_cs(cs_eval.evaluateImgLists, preds, gts, args, workdir=self._dir)["averages"]
+        if run is None:
+            return {}
+        r, num_images = run
+        r = r["averages"]
         res = {"AP": 100.0 * float(r["allAp"]), "AP50": 100.0 * float(r["allAp50%"])}
-        logger.info("Cityscapes instance segmentation on %d images: %s", len(gts), res)
-        self._tmp.cleanup()
+        logger.info("Cityscapes instance segmentation on %d images: %s", num_images, res)
         return OrderedDict(segm=res)
 
 
