@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mask2former.engine import checkpointer as ckpt_module
-from mask2former.engine.checkpointer import Checkpointer, get_rng_states, set_rng_states
+from mask2former.checkpoint import Checkpointer, get_rng_states, set_rng_states
+from mask2former.checkpoint import checkpointer as ckpt_module
 
 
 def _checkpointer(folder):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_engine_toy import ToyTrainer, toy_cfg
 
-from mask2former.engine.checkpointer import find_nonfinite
+from mask2former.checkpoint import find_nonfinite
 from mask2former.engine.defaults import seed_all_rng
 from mask2former.engine.hooks import HookBase
 

@@ -1,6 +1,7 @@
-"""Training engine: trainer, hooks, launch, checkpointing, solver."""
+"""Training engine: trainer, hooks, launch, solver (checkpointing lives in mask2former.checkpoint)."""
 
-from .checkpointer import Checkpointer
+from mask2former.checkpoint import Checkpointer
+
 from .defaults import default_argument_parser, default_setup
 from .launch import launch
 from .trainer import ResumableTrainLoader, Trainer

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from mask2former.checkpoint import Checkpointer, get_rng_states, set_rng_states
 from mask2former.utils import dist as dist_utils
 from mask2former.utils.events import EventWriter
-
-from .checkpointer import Checkpointer, get_rng_states, set_rng_states
 
 if TYPE_CHECKING:
     from .trainer import Trainer

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mask2former.checkpoint import Checkpointer, unwrap_model
 from mask2former.utils import dist as dist_utils
 from mask2former.utils.events import (
     CommonMetricPrinter,
@@ -38,7 +39,6 @@ from mask2former.utils.events import (
 )
 
 from . import hooks as hooks_module
-from .checkpointer import Checkpointer, unwrap_model
 
 logger = logging.getLogger(__name__)
 

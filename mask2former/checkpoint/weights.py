@@ -13,10 +13,13 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ def load_state_dict_file(path: str) -> dict[str, Tensor]:
     """Read a weights file (local path, http(s) URL or `detectron2://...`) into a state dict of
     tensors with the file's own key names."""
     if "://" in path:
-        from .utils.weights_download import resolve_weights
+        from ..utils.weights_download import resolve_weights
 
         path = resolve_weights(path)
     if not os.path.isfile(path):
@@ -187,13 +190,13 @@ def write_state_dict(
     author: str = "mask2former",
     matching_heuristics: bool = False,
 ) -> None:
-    """Write a state dict atomically (temporary file, fsync, rename). A `.pkl` path gets the
+    """Write a state dict atomically (see `atomic_write`). A `.pkl` path gets the
     Detectron2 layout (`{"model": {name: numpy array}, "__author__", "matching_heuristics"}`,
     loadable by the original project); any other path gets `{"model": state_dict}` as a torch file.
     `matching_heuristics` marks files whose names lack the `backbone.` prefix (pretrained backbones)."""
     tensors = {k: torch.as_tensor(v).detach().cpu() for k, v in state.items()}
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
+
+    def write(f: BinaryIO) -> None:
         if path.endswith(".pkl"):
             arrays = {
                 k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in tensors.items()
@@ -203,9 +206,8 @@ def write_state_dict(
             )
         else:
             torch.save({"model": tensors}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
 
 
 def save_weights(model: nn.Module, path: str) -> None:

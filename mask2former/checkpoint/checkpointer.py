@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from mask2former.utils import dist as dist_utils
+
+from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -79,39 +80,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
             )
         else:
             torch.cuda.set_rng_state_all(states["cuda"])
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic file writing
-# --------------------------------------------------------------------------------------------
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through `write(file)` so that readers see either the old file or the
-    complete new one: temporary file in the same folder, flush + fsync, `os.replace`.
-    Temporary files of `path` left by a killed writer are removed first."""
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}.tmp."
-    for stale in os.listdir(folder):  # left by a writer killed mid-write
-        if stale.startswith(prefix):
-            os.remove(os.path.join(folder, stale))
-    tmp = os.path.join(folder, f"{prefix}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(folder)
 
 
 def find_nonfinite(state_dict: dict[str, torch.Tensor]) -> list[str]:
