@@ -12,7 +12,7 @@ from PIL import Image
 from test_predictor import REPO, TINY, scenes, tiny_cfg
 
 from mask2former.checkpoint import save_weights
-from mask2former.predictor import Predictor
+from mask2former.inference import Predictor
 
 
 def _load_demo():

@@ -14,7 +14,7 @@ import torch
 
 from mask2former.checkpoint import save_weights
 from mask2former.config import get_cfg
-from mask2former.export import (
+from mask2former.inference.export import (
     ExportableMaskFormer,
     batch_images,
     load_exported_program,

@@ -9,7 +9,7 @@ from PIL import Image
 
 from mask2former.checkpoint import save_weights
 from mask2former.config import get_cfg
-from mask2former.predictor import Predictor
+from mask2former.inference import Predictor
 from mask2former.synthetic import SceneConfig, generate_scene
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,9 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..inference.postprocessing import (
+    instance_inference,
+    panoptic_inference,
+    sem_seg_postprocess,
+    semantic_inference,
+)
 from ..layers import ShapeSpec
 from ..structures import ImageList
-from .postprocessing import instance_inference, panoptic_inference, sem_seg_postprocess, semantic_inference
 from .registry import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 
 

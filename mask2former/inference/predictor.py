@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from .checkpoint import load_weights
-from .data.catalog import MetadataCatalog
-from .data.detection_utils import read_image
-from .data.transforms import shortest_edge_size
-from .modeling import build_model
+from ..checkpoint import load_weights
+from ..data.catalog import MetadataCatalog
+from ..data.detection_utils import read_image
+from ..data.transforms import shortest_edge_size
+from ..modeling import build_model
 
 logger = logging.getLogger(__name__)
 

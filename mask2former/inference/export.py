@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers.ms_deform_attn import compiled_op_available, deform_attn_implementation, load_extension
-from .modeling.meta_arch import MaskFormer
-from .structures import ImageList
+from ..layers.ms_deform_attn import compiled_op_available, deform_attn_implementation, load_extension
+from ..modeling.meta_arch import MaskFormer
+from ..structures import ImageList
 
 __all__ = [
     "ExportableMaskFormer",
