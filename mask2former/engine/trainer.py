@@ -39,6 +39,7 @@ from mask2former.utils.events import (
 )
 
 from . import hooks as hooks_module
+from .hook_base import HookBase
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class Trainer:
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.storage: EventStorage
         self._data_iter: Iterator | None = None
-        self._hooks: list[hooks_module.HookBase] = []
+        self._hooks: list[HookBase] = []
         self.register_hooks(self.build_hooks())
 
     # ---- set-up --------------------------------------------------------------------------
@@ -151,9 +152,9 @@ class Trainer:
             load_weights(unwrap_model(self.model), self.cfg.MODEL.WEIGHTS)
         self.start_iter = 0
 
-    def build_hooks(self) -> list[hooks_module.HookBase]:
+    def build_hooks(self) -> list[HookBase]:
         cfg = self.cfg
-        ret: list[hooks_module.HookBase] = [
+        ret: list[HookBase] = [
             hooks_module.IterationTimer(),
             hooks_module.LRScheduler(),
             hooks_module.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter),
@@ -173,7 +174,7 @@ class Trainer:
             TensorboardWriter(out),
         ]
 
-    def register_hooks(self, hooks: list[hooks_module.HookBase | None]) -> None:
+    def register_hooks(self, hooks: list[HookBase | None]) -> None:
         for h in hooks:
             if h is None:
                 continue
