@@ -10,9 +10,11 @@ from collections import OrderedDict
 import numpy as np
 import pycocotools.mask as mask_util
 
+from mask2former.utils.dist import all_gather, is_main_process
+
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.detection_utils import read_label_png
-from .evaluator import DatasetEvaluator, all_gather, is_main_process
+from .evaluator import DatasetEvaluator
 
 logger = logging.getLogger(__name__)
 
