@@ -93,8 +93,9 @@ def test_torch_export_program_matches_eager(exported):
         with torch.no_grad():
             expected = wrapper(images)
             logits, masks = module(images)
-        assert logits.shape == (1, model.num_queries, model.sem_seg_head.num_classes + 1)
-        assert masks.shape == (1, model.num_queries, HEIGHT // 4, WIDTH // 4)
+        decoder = model.sem_seg_head.predictor
+        assert logits.shape == (1, decoder.num_queries, decoder.class_embed.out_features)
+        assert masks.shape == (1, decoder.num_queries, HEIGHT // 4, WIDTH // 4)
         _within_tolerance(expected, (logits, masks))
 
 
