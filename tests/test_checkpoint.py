@@ -8,10 +8,10 @@ import pickle
 
 import pytest
 import torch
-from fixtures import tiny_cfg
 
 from mask2former.checkpoint import CheckpointError, load_state_dict_file, load_weights, save_weights
 from mask2former.modeling import build_model
+from mask2former.utils.testing import tiny_cfg
 
 
 @pytest.fixture(scope="module")

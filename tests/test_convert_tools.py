@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
-from pathlib import Path
 
 import pytest
 import timm
@@ -17,8 +16,7 @@ from mask2former.config import get_cfg
 from mask2former.layers import ShapeSpec
 from mask2former.modeling.backbone.resnet import build_resnet_backbone
 from mask2former.modeling.backbone.swin import SwinTransformer
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from mask2former.utils.testing import TOOLS
 
 
 def _tool(name: str):

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,10 +6,7 @@ from mask2former.config import get_cfg
 from mask2former.modeling import point_sampling
 from mask2former.modeling.criterion import SetCriterion, build_criterion, dice_loss, sigmoid_ce_loss
 from mask2former.modeling.matcher import HungarianMatcher
-
-FIXTURES = Path("/work/shared/fixtures")
-MODEL_FIXTURE = FIXTURES / "reference_tiny_r18.pt"
-TRAIN_FIXTURE = FIXTURES / "reference_tiny_r18_train.pt"
+from mask2former.utils.testing import load_fixture
 
 
 def _replay(monkeypatch, draws):
@@ -52,13 +47,9 @@ def _random_outputs(generator, batch=2, queries=5, num_classes=3, hw=(8, 8), aux
     return outputs
 
 
-@pytest.mark.skipif(
-    not (MODEL_FIXTURE.exists() and TRAIN_FIXTURE.exists()),
-    reason=f"reference fixtures not found under {FIXTURES}",
-)
 def test_matches_original_training_losses(monkeypatch):
-    head = torch.load(MODEL_FIXTURE, weights_only=True)["head"]
-    ref = torch.load(TRAIN_FIXTURE, weights_only=True)
+    head = load_fixture("reference_tiny_r18.pt")["head"]
+    ref = load_fixture("reference_tiny_r18_train.pt")
     assert ref["train_num_points"] == 1024 and ref["weights"]["no_object"] == 0.1
     targets = []
     for t in ref["targets"]:

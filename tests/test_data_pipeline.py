@@ -26,109 +26,16 @@ from mask2former.data import (
     register_sem_seg,
 )
 from mask2former.data.datasets.cityscapes import load_cityscapes_instances, load_cityscapes_semantic
-from mask2former.data.detection_utils import id2rgb
+from mask2former.utils.testing import (
+    IMAGE_H,
+    IMAGE_W,
+    OBJ_COLOR,
+    make_coco_instances,
+    make_coco_panoptic,
+    unique_dataset_name,
+)
 
-OBJ_COLOR = (255, 0, 255)  # painted only on the object's pixels
-H, W = 48, 64
-
-
-def _unique_name(prefix: str) -> str:
-    i = 0
-    while f"{prefix}_{i}" in DatasetCatalog:
-        i += 1
-    return f"{prefix}_{i}"
-
-
-def make_coco_instances(root) -> tuple[str, str, np.ndarray]:
-    """One image with: a polygon object (the painted square), an RLE object, a crowd region.
-    Returns (json path, image dir, object mask bool [H, W])."""
-    img_dir = root / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 200, (H, W, 3), dtype=np.uint8)  # never 255 in channel 0 and 2 together
-    obj = np.zeros((H, W), bool)
-    obj[10:30, 20:44] = True
-    img[obj] = OBJ_COLOR
-    Image.fromarray(img).save(img_dir / "a.png")
-    rle_mask = np.zeros((H, W), np.uint8)
-    rle_mask[35:45, 2:12] = 1
-    rle = mask_util.encode(np.asfortranarray(rle_mask))
-    rle["counts"] = rle["counts"].decode("ascii")
-    crowd = np.zeros((H, W), np.uint8)
-    crowd[0:5, 50:60] = 1
-    crle = mask_util.encode(np.asfortranarray(crowd))
-    crle["counts"] = crle["counts"].decode("ascii")
-    data = {
-        "images": [{"id": 7, "file_name": "a.png", "height": H, "width": W}],
-        "categories": [{"id": 3, "name": "cat3"}, {"id": 9, "name": "cat9"}],
-        "annotations": [
-            {
-                "id": 1,
-                "image_id": 7,
-                "category_id": 3,
-                "iscrowd": 0,
-                "area": 480.0,
-                "bbox": [20, 10, 24, 20],
-                "segmentation": [[20, 10, 44, 10, 44, 30, 20, 30]],
-            },
-            {
-                "id": 2,
-                "image_id": 7,
-                "category_id": 9,
-                "iscrowd": 0,
-                "area": 100.0,
-                "bbox": [2, 35, 10, 10],
-                "segmentation": rle,
-            },
-            {
-                "id": 3,
-                "image_id": 7,
-                "category_id": 9,
-                "iscrowd": 1,
-                "area": 50.0,
-                "bbox": [50, 0, 10, 5],
-                "segmentation": crle,
-            },
-        ],
-    }
-    path = root / "instances.json"
-    path.write_text(json.dumps(data))
-    return str(path), str(img_dir), obj
-
-
-def make_coco_panoptic(root) -> dict:
-    """Two images with a panoptic PNG each: a thing (the painted square), a stuff region, a crowd
-    region, and void (id 0) elsewhere."""
-    img_dir, pan_dir = root / "images", root / "panoptic"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    pan_dir.mkdir(parents=True, exist_ok=True)
-    anns, images = [], []
-    for k in range(2):
-        rng = np.random.default_rng(k)
-        img = rng.integers(0, 200, (H, W, 3), dtype=np.uint8)
-        ids = np.zeros((H, W), np.int64)
-        ids[:, : W // 2 - 10] = 2000 + k  # stuff "sky"
-        ids[10:30, 20:44] = 300 + 256 * 5  # thing "dog"
-        ids[40:46, 50:60] = 7  # crowd of "dog"
-        img[ids == 300 + 256 * 5] = OBJ_COLOR
-        Image.fromarray(img).save(img_dir / f"{k:03d}.jpg", quality=100)
-        Image.fromarray(id2rgb(ids)).save(pan_dir / f"{k:03d}.png")
-        images.append({"id": k, "file_name": f"{k:03d}.jpg", "height": H, "width": W})
-        anns.append(
-            {
-                "image_id": k,
-                "file_name": f"{k:03d}.png",
-                "segments_info": [
-                    {"id": 2000 + k, "category_id": 40, "iscrowd": 0},
-                    {"id": 300 + 256 * 5, "category_id": 18, "iscrowd": 0},
-                    {"id": 7, "category_id": 18, "iscrowd": 1},
-                ],
-            }
-        )
-    cats = [{"id": 18, "name": "dog", "isthing": 1}, {"id": 40, "name": "sky", "isthing": 0}]
-    js = root / "panoptic.json"
-    js.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return {"image_root": str(img_dir), "panoptic_root": str(pan_dir), "panoptic_json": str(js)}
+H, W = IMAGE_H, IMAGE_W
 
 
 def make_sem_seg_folder(root, n: int = 3) -> tuple[str, str]:
@@ -213,7 +120,7 @@ def test_missing_folder_names_path_and_step(tmp_path, monkeypatch):
 
 def test_coco_instances_polygon_rle_crowd(tmp_path):
     js, img_dir, obj = make_coco_instances(tmp_path)
-    name = _unique_name("t_coco")
+    name = unique_dataset_name("t_coco")
     register_coco_instances(name, {}, js, img_dir)
     dicts = DatasetCatalog.get(name)
     assert len(dicts) == 1 and dicts[0]["image_id"] == 7 and len(dicts[0]["annotations"]) == 3
@@ -225,7 +132,7 @@ def test_coco_instances_polygon_rle_crowd(tmp_path):
 
 def test_coco_unknown_category_names_file(tmp_path):
     js, img_dir, _ = make_coco_instances(tmp_path)
-    name = _unique_name("t_coco_bad")
+    name = unique_dataset_name("t_coco_bad")
     register_coco_instances(
         name, {"thing_classes": ["x"], "thing_dataset_id_to_contiguous_id": {3: 0}}, js, img_dir
     )
@@ -235,7 +142,7 @@ def test_coco_unknown_category_names_file(tmp_path):
 
 def test_sem_seg_folder_loading_and_missing_image(tmp_path):
     img_dir, gt_dir = make_sem_seg_folder(tmp_path)
-    name = _unique_name("t_sem")
+    name = unique_dataset_name("t_sem")
     register_sem_seg(name, img_dir, gt_dir, ["a", "b", "c"], image_ext=".png")
     dicts = DatasetCatalog.get(name)
     assert len(dicts) == 3 and dicts[0]["sem_seg_file_name"].endswith("img_0.png")
@@ -273,7 +180,7 @@ def test_cityscapes_folder(tmp_path):
 
 def test_coco_panoptic_loading(tmp_path):
     paths = make_coco_panoptic(tmp_path)
-    name = _unique_name("t_pan")
+    name = unique_dataset_name("t_pan")
     register_coco_panoptic(name, {}, **paths)
     dicts = DatasetCatalog.get(name)
     assert len(dicts) == 2
@@ -334,7 +241,7 @@ def _aug_cfg(cfg, crop: bool = True):
 @pytest.mark.parametrize("seed", range(4))
 def test_instance_mapper_alignment(tmp_path, seed):
     js, img_dir, obj = make_coco_instances(tmp_path)
-    name = _unique_name("t_inst_map")
+    name = unique_dataset_name("t_inst_map")
     register_coco_instances(name, {}, js, img_dir)
     d = DatasetCatalog.get(name)[0]
     import random
@@ -361,7 +268,7 @@ def test_instance_mapper_alignment(tmp_path, seed):
 def test_semantic_mapper_exact_flip_and_crop(tmp_path):
     """Without resizing, a flipped/cropped label must match the painted pixels exactly."""
     img_dir, gt_dir = make_sem_seg_folder(tmp_path, n=1)
-    name = _unique_name("t_sem_map")
+    name = unique_dataset_name("t_sem_map")
     register_sem_seg(name, img_dir, gt_dir, ["a", "b", "c"], image_ext=".png")
     d = DatasetCatalog.get(name)[0]
     cfg = _aug_cfg(base_cfg(name, "mask_former_semantic", 3))
@@ -389,7 +296,7 @@ def test_semantic_mapper_exact_flip_and_crop(tmp_path):
 
 def test_semantic_mapper_category_area_and_bgr(tmp_path):
     img_dir, gt_dir = make_sem_seg_folder(tmp_path, n=1)
-    name = _unique_name("t_sem_area")
+    name = unique_dataset_name("t_sem_area")
     register_sem_seg(name, img_dir, gt_dir, ["a", "b", "c"], image_ext=".png")
     d = DatasetCatalog.get(name)[0]
     cfg = _aug_cfg(base_cfg(name, "mask_former_semantic", 3))
@@ -414,7 +321,7 @@ def test_semantic_mapper_category_area_and_bgr(tmp_path):
 
 def test_semantic_mapper_rejects_out_of_range_labels(tmp_path):
     img_dir, gt_dir = make_sem_seg_folder(tmp_path, n=1)
-    name = _unique_name("t_sem_bad")
+    name = unique_dataset_name("t_sem_bad")
     register_sem_seg(name, img_dir, gt_dir, ["a", "b"], image_ext=".png")
     cfg = base_cfg(name, "mask_former_semantic", 2)  # labels go up to 2
     cfg.INPUT.MIN_SIZE_TRAIN = (H,)
@@ -425,7 +332,7 @@ def test_semantic_mapper_rejects_out_of_range_labels(tmp_path):
 @pytest.mark.parametrize("mapper_name", ["mask_former_panoptic", "coco_panoptic_lsj"])
 def test_panoptic_mappers_alignment(tmp_path, mapper_name):
     paths = make_coco_panoptic(tmp_path)
-    name = _unique_name("t_pan_map")
+    name = unique_dataset_name("t_pan_map")
     register_coco_panoptic(name, {}, **paths)
     d = DatasetCatalog.get(name)[0]
     cfg = _aug_cfg(base_cfg(name, mapper_name, 2))
@@ -450,7 +357,7 @@ def test_panoptic_png_json_mismatch_names_file(tmp_path):
     data["annotations"][0]["segments_info"] = data["annotations"][0]["segments_info"][:1]
     with open(paths["panoptic_json"], "w") as f:
         json.dump(data, f)
-    name = _unique_name("t_pan_bad")
+    name = unique_dataset_name("t_pan_bad")
     register_coco_panoptic(name, {}, **paths)
     cfg = base_cfg(name, "coco_panoptic_lsj", 2)
     with pytest.raises(DatasetFormatError, match="000.png"):
@@ -459,7 +366,7 @@ def test_panoptic_png_json_mismatch_names_file(tmp_path):
 
 def test_empty_crop_gives_zero_instances(tmp_path):
     js, img_dir, _ = make_coco_instances(tmp_path)
-    name = _unique_name("t_empty")
+    name = unique_dataset_name("t_empty")
     register_coco_instances(name, {}, js, img_dir)
     d = dict(DatasetCatalog.get(name)[0])
     d["annotations"] = [a for a in d["annotations"] if a["iscrowd"]]
@@ -483,7 +390,7 @@ def _loader_ids(cfg, start_iter: int, n: int):
 
 def test_train_loader_seeded_and_resumable(tmp_path):
     img_dir, gt_dir = make_sem_seg_folder(tmp_path, n=5)
-    name = _unique_name("t_loader")
+    name = unique_dataset_name("t_loader")
     register_sem_seg(name, img_dir, gt_dir, ["a", "b", "c"], image_ext=".png")
     cfg = _aug_cfg(base_cfg(name, "mask_former_semantic", 3))
     cfg.INPUT.COLOR_AUG_SSD = True
@@ -495,7 +402,7 @@ def test_train_loader_seeded_and_resumable(tmp_path):
 
 def test_train_loader_workers_match_single_process(tmp_path):
     img_dir, gt_dir = make_sem_seg_folder(tmp_path, n=5)
-    name = _unique_name("t_loader_w")
+    name = unique_dataset_name("t_loader_w")
     register_sem_seg(name, img_dir, gt_dir, ["a", "b", "c"], image_ext=".png")
     cfg = _aug_cfg(base_cfg(name, "mask_former_semantic", 3))
     full = _loader_ids(cfg, 0, 4)
@@ -505,7 +412,7 @@ def test_train_loader_workers_match_single_process(tmp_path):
 
 def test_test_loader_ordered(tmp_path):
     img_dir, gt_dir = make_sem_seg_folder(tmp_path, n=3)
-    name = _unique_name("t_test_loader")
+    name = unique_dataset_name("t_test_loader")
     register_sem_seg(name, img_dir, gt_dir, ["a", "b", "c"], image_ext=".png")
     cfg = base_cfg(name, "mask_former_semantic", 3)
     cfg.INPUT.MIN_SIZE_TEST = 96

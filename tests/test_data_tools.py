@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from mask2former.data import MetadataCatalog, load_coco_json, load_coco_panoptic_json, load_sem_seg
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from mask2former.utils.testing import TOOLS
 
 
 def _tool(name: str):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_predictor import REPO, TINY, scenes, tiny_cfg
 
 from mask2former.checkpoint import save_weights
 from mask2former.inference import Predictor
+from mask2former.utils.testing import REPO, TINY_CONFIG, shape_scenes, tiny_shapes_cfg
 
 
 def _load_demo():
@@ -29,20 +29,20 @@ demo = _load_demo()
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     torch.manual_seed(0)
-    predictor = Predictor(tiny_cfg())
+    predictor = Predictor(tiny_shapes_cfg())
     weights = str(root / "tiny.pth")
     save_weights(predictor.model, weights)
     images_dir = root / "images"
     images_dir.mkdir()
-    images = scenes(3, h=64, w=80, seed=5)
+    images = shape_scenes(3, h=64, w=80, seed=5)
     for i, img in enumerate(images):
         Image.fromarray(img).save(images_dir / f"img{i}.png")
-    predictor = Predictor(tiny_cfg("MODEL.WEIGHTS", weights))
+    predictor = Predictor(tiny_shapes_cfg("MODEL.WEIGHTS", weights))
     return {"root": root, "weights": weights, "images": images_dir, "predictor": predictor}
 
 
 def _run(setup, *args, opts=()):
-    argv = ["--config-file", TINY, *args, "--opts", "MODEL.WEIGHTS", setup["weights"], *opts]
+    argv = ["--config-file", str(TINY_CONFIG), *args, "--opts", "MODEL.WEIGHTS", setup["weights"], *opts]
     return demo.main(argv)
 
 
@@ -114,7 +114,7 @@ def test_video_is_written_with_the_overlays(setup, tmp_path):
     video = str(tmp_path / "clip.mp4")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (80, 64))
     assert writer.isOpened()
-    frames = scenes(3, h=64, w=80, seed=9)
+    frames = shape_scenes(3, h=64, w=80, seed=9)
     for f in frames:
         writer.write(f[:, :, ::-1])
     writer.release()

@@ -6,11 +6,11 @@ import os
 
 import pytest
 import torch
-from test_engine_toy import ToyTrainer, toy_cfg
 
 from mask2former.checkpoint import find_nonfinite
 from mask2former.engine.defaults import seed_all_rng
 from mask2former.engine.hooks import HookBase
+from mask2former.utils.testing import ToyTrainer, toy_cfg
 
 
 class _Stop(Exception):
@@ -108,19 +108,32 @@ def test_skip_mode_drops_the_nonfinite_update(tmp_path):
     assert trainer.storage.history("skipped_steps").values() == [(1.0, 2)]
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
-def test_amp_steps_update_the_weights(tmp_path, precision):
-    cfg = toy_cfg(
-        tmp_path, **{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": precision, "SOLVER.MAX_ITER": 3}
-    )
+def _train_and_measure(cfg) -> tuple[list[float], torch.Tensor, ToyTrainer]:
+    """(total loss per iteration, the whole weight update flattened, trainer) of a run."""
     seed_all_rng(cfg.SEED)
     trainer = ToyTrainer(cfg)
     init = _weights(trainer)
     trainer.train()
-    assert trainer.scaler.is_enabled() == (precision == "float16")
     final = _weights(trainer)
     assert find_nonfinite(final) == []
-    assert not all(torch.equal(init[k], final[k]) for k in init)
+    update = torch.cat([(final[k] - init[k]).flatten() for k in init if init[k].is_floating_point()])
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    return losses, update, trainer
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_amp_steps_follow_the_float32_steps(tmp_path, precision):
+    """Three AMP steps against three float32 steps from the same start and data: per-step losses
+    agree to 0.2% (measured on the CPU: bfloat16 5e-4, float16 2e-4) and the weight update points
+    the same way (cosine 0.999999 measured) with a length within 1% (measured 0.14%, 0.02%)."""
+    losses32, update32, _ = _train_and_measure(toy_cfg(tmp_path / "fp32", **{"SOLVER.MAX_ITER": 3}))
+    amp = {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": precision, "SOLVER.MAX_ITER": 3}
+    losses, update, trainer = _train_and_measure(toy_cfg(tmp_path / precision, **amp))
+    assert trainer.scaler.is_enabled() == (precision == "float16")
+    assert len(losses) == len(losses32) == 3
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(losses32), rtol=2e-3, atol=0)
+    assert torch.nn.functional.cosine_similarity(update, update32, dim=0) > 0.999
+    assert (update - update32).norm() <= 0.01 * update32.norm()
 
 
 def test_bad_amp_precision_is_named(tmp_path):

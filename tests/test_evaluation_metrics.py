@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from test_data_pipeline import H, W, _unique_name, make_coco_instances, make_coco_panoptic
 
 from mask2former.data import (
     DatasetCatalog,
@@ -23,6 +22,9 @@ from mask2former.data import (
 from mask2former.data.detection_utils import id2rgb
 from mask2former.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator, pq_single_image
 from mask2former.structures import Boxes, Instances
+from mask2former.utils.testing import IMAGE_H as H
+from mask2former.utils.testing import IMAGE_W as W
+from mask2former.utils.testing import make_coco_instances, make_coco_panoptic, unique_dataset_name
 
 # ---------------------------------------------------------------- PQ
 
@@ -76,7 +78,7 @@ def test_pq_void_and_crowd_excluded():
 
 def test_panoptic_evaluator_end_to_end(tmp_path):
     paths = make_coco_panoptic(tmp_path)
-    name = _unique_name("t_pq_eval")
+    name = unique_dataset_name("t_pq_eval")
     register_coco_panoptic(name, {}, **paths)
     dicts = DatasetCatalog.get(name)
     ev = COCOPanopticEvaluator(name, str(tmp_path / "out"))
@@ -125,7 +127,7 @@ def _gt_masks(js):
 
 def test_coco_ap_perfect_and_equals_cocoeval(tmp_path):
     js, img_dir, _ = make_coco_instances(tmp_path)
-    name = _unique_name("t_ap")
+    name = unique_dataset_name("t_ap")
     register_coco_instances(name, {}, js, img_dir)
     DatasetCatalog.get(name)  # sets the class map from the JSON
     gts = _gt_masks(js)
@@ -158,7 +160,7 @@ def test_coco_ap_perfect_and_equals_cocoeval(tmp_path):
 def test_coco_ap_without_json_matches_json(tmp_path):
     """A dataset with no json_file in its metadata is converted from its dicts; same AP."""
     js, img_dir, _ = make_coco_instances(tmp_path)
-    name = _unique_name("t_ap_dicts")
+    name = unique_dataset_name("t_ap_dicts")
     DatasetCatalog.register(
         name, lambda: __import__("mask2former.data", fromlist=["x"]).load_coco_json(js, img_dir, name)
     )
@@ -172,7 +174,7 @@ def test_coco_ap_without_json_matches_json(tmp_path):
         [{"instances": _instances([np.roll(gts[1], 2, axis=0), gts[2]], [0.9, 0.8], [0, 1])}],
     )
     res_dicts = ev.evaluate()["segm"]
-    name2 = _unique_name("t_ap_json")
+    name2 = unique_dataset_name("t_ap_json")
     register_coco_instances(name2, {}, js, img_dir)
     DatasetCatalog.get(name2)
     ev2 = COCOEvaluator(name2)
@@ -195,7 +197,7 @@ def test_sem_seg_perfect_and_partial(tmp_path):
     lab[0, :] = 255
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(img_dir / "x.png")
     Image.fromarray(lab).save(gt_dir / "x.png")
-    name = _unique_name("t_miou")
+    name = unique_dataset_name("t_miou")
     register_sem_seg(name, str(img_dir), str(gt_dir), ["a", "b", "c"], image_ext=".png")
     inp = [{"file_name": str(img_dir / "x.png"), "sem_seg_file_name": str(gt_dir / "x.png")}]
 

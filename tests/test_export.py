@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from pathlib import Path
 
 import onnx
 import pytest
@@ -29,8 +28,8 @@ from mask2former.layers.ms_deform_attn import (
     ms_deform_attn_reference,
 )
 from mask2former.modeling import build_model
+from mask2former.utils.testing import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "shapes" / "maskformer2_R18_tiny_test.yaml"
 HEIGHT, WIDTH = 64, 96
 TOLERANCE = 1e-3  # max |exported - eager| <= TOLERANCE * max(1, max |eager|), per output

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures import tiny_cfg
 
 from mask2former.modeling import BACKBONE_REGISTRY, build_model
 from mask2former.structures import Instances
+from mask2former.utils.testing import tiny_cfg
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -137,6 +137,15 @@ def test_outside_module_registered_and_built_from_yaml(tmp_path):
     assert out[0]["sem_seg"].shape == (5, 64, 96)
 
 
+# Largest |difference| to float32 of the semantic scores (values in [0.08, 2.4]) and of the instance
+# scores, measured over 3 seeds on the CPU: bfloat16 (8-bit mantissa) 0.021 and 0.0042, float16
+# 0.0073 and 0.0042; mean semantic difference 0.0054 and 0.0024. Tolerances are about twice that.
+LOW_PRECISION_TOLERANCE = {  # dtype: (max semantic, mean semantic, max instance score)
+    "bfloat16": (0.04, 0.01, 0.01),
+    "float16": (0.015, 0.005, 0.01),
+}
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_inference_keeps_float32_outputs(dtype):
     torch.manual_seed(0)
@@ -150,7 +159,11 @@ def test_low_precision_inference_keeps_float32_outputs(dtype):
         ref_out, low_out = reference(inputs)[0], low(inputs)[0]
     assert low_out["sem_seg"].dtype == torch.float32
     assert low_out["instances"].scores.dtype == torch.float32
-    torch.testing.assert_close(low_out["sem_seg"], ref_out["sem_seg"], rtol=0.1, atol=0.05)
+    max_sem, mean_sem, max_score = LOW_PRECISION_TOLERANCE[dtype]
+    sem_diff = (low_out["sem_seg"] - ref_out["sem_seg"]).abs()
+    assert sem_diff.max() <= max_sem and sem_diff.mean() <= mean_sem, (sem_diff.max(), sem_diff.mean())
+    scores, ref_scores = low_out["instances"].scores.sort().values, ref_out["instances"].scores.sort().values
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=max_score)
 
 
 def test_unknown_inference_dtype_is_named():

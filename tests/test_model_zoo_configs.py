@@ -10,27 +10,24 @@ from __future__ import annotations
 import ast
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
 from mask2former.config import get_cfg
 from mask2former.layers import ShapeSpec
+from mask2former.utils.testing import REPO, reference_dir, require_file
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 FOLDERS = ("coco", "ade20k", "cityscapes", "mapillary-vistas")
-REFERENCE = Path(os.environ.get("MASK2FORMER_REFERENCE", REPO.parent / "shared" / "reference"))
-if not REFERENCE.is_dir():
-    REFERENCE = Path("/work/shared/reference")
+REFERENCE = reference_dir()
 
 
 def _parse_original_configs() -> dict[str, dict]:
     """{path: {"chain": [base paths], "settings": {KEY: value}}} from original_configs.md."""
     files: dict[str, dict] = {}
     current = None
-    for line in (REFERENCE / "original_configs.md").read_text().splitlines():
+    for line in require_file(REFERENCE / "original_configs.md", module_level=True).read_text().splitlines():
         if m := re.match(r"## `(.+)`$", line):
             current = files.setdefault(m.group(1), {"chain": [], "settings": {}})
         elif current is not None and (m := re.match(r"base chain: (.*)", line)):
@@ -43,7 +40,7 @@ def _parse_original_configs() -> dict[str, dict]:
 def _parse_param_counts() -> dict[str, tuple[int, int, int]]:
     """{config path: (parameters, trainable, buffers)} from param_counts.md."""
     counts = {}
-    for line in (REFERENCE / "param_counts.md").read_text().splitlines():
+    for line in require_file(REFERENCE / "param_counts.md", module_level=True).read_text().splitlines():
         if m := re.match(r"\| `(.+\.yaml)` \| (\d+) \| (\d+) \| (\d+) \|", line):
             counts[m.group(1)] = tuple(int(x) for x in m.groups()[1:])
     return counts

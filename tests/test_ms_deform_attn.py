@@ -2,7 +2,6 @@
 
 import importlib
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +11,10 @@ from mask2former.layers.ms_deform_attn import (
     ms_deform_attn,
     ms_deform_attn_reference,
 )
+from mask2former.utils.testing import load_fixture
 
 # The module, not the function of the same name that mask2former.layers re-exports.
 msda_module = importlib.import_module("mask2former.layers.ms_deform_attn")
-FIXTURE = Path("/work/shared/fixtures/reference_tiny_r18.pt")
 requires_op = pytest.mark.skipif(
     not compiled_op_available("cpu"),
     reason="mask2former._C is not built: run `pip install --no-build-isolation -e .`",
@@ -83,9 +82,7 @@ def reference(value, shapes, starts, locations, weights):
 
 @requires_op
 def test_fixture_case_float64():
-    if not FIXTURE.exists():
-        pytest.skip(f"fixture {FIXTURE} is absent")
-    case = torch.load(FIXTURE, weights_only=True)["msda"]
+    case = load_fixture("reference_tiny_r18.pt")["msda"]
     inputs = tuple(
         case[k]
         for k in ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures import load_fixture, unpack_state_dict
 
 from mask2former.checkpoint import load_weights, save_weights
 from mask2former.config import get_cfg
 from mask2former.data.catalog import MetadataCatalog
 from mask2former.modeling import build_model
+from mask2former.utils.testing import load_fixture, unpack_state_dict
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 

@@ -1,39 +1,19 @@
 """Predictor: config -> model (+ weights), test-time resizing, BGR/RGB/file inputs, batches."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from mask2former.checkpoint import save_weights
-from mask2former.config import get_cfg
 from mask2former.inference import Predictor
-from mask2former.synthetic import SceneConfig, generate_scene
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "shapes", "maskformer2_R18_tiny_test.yaml")
-
-
-def tiny_cfg(*opts):
-    cfg = get_cfg()
-    cfg.merge_from_file(TINY)
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
-def scenes(n, h=64, w=80, seed=0):
-    rng = np.random.default_rng(seed)
-    return [
-        generate_scene(SceneConfig(height=h, width=w, min_radius=6, max_radius=12), rng)[0] for _ in range(n)
-    ]
+from mask2former.utils.testing import shape_scenes, tiny_shapes_cfg
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     torch.manual_seed(0)
-    predictor = Predictor(tiny_cfg())
+    predictor = Predictor(tiny_shapes_cfg())
     path = str(tmp_path_factory.mktemp("w") / "tiny.pth")
     save_weights(predictor.model, path)
     return path
@@ -41,13 +21,13 @@ def weights(tmp_path_factory):
 
 def test_loads_weights_and_outputs_at_original_resolution(weights, tmp_path):
     torch.manual_seed(123)  # a different random init, replaced by the file's weights
-    predictor = Predictor(tiny_cfg("MODEL.WEIGHTS", weights))
+    predictor = Predictor(tiny_shapes_cfg("MODEL.WEIGHTS", weights))
     saved = torch.load(weights, weights_only=True)["model"]
     for k, v in predictor.model.state_dict().items():
         assert torch.equal(v, saved[k]), k
     assert predictor.metadata.stuff_classes[-1] == "water"
 
-    rgb = scenes(1, h=50, w=90)[0]
+    rgb = shape_scenes(1, h=50, w=90)[0]
     path = str(tmp_path / "img.png")
     Image.fromarray(rgb).save(path)
     out_rgb = predictor(rgb, format="RGB")
@@ -67,8 +47,8 @@ def test_loads_weights_and_outputs_at_original_resolution(weights, tmp_path):
 
 
 def test_batch_in_one_forward_matches_single_images(weights):
-    predictor = Predictor(tiny_cfg("MODEL.WEIGHTS", weights), batch_size=4)
-    images = scenes(3)
+    predictor = Predictor(tiny_shapes_cfg("MODEL.WEIGHTS", weights), batch_size=4)
+    images = shape_scenes(3)
     calls = []
     predictor.model.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
     batched = predictor(images, format="RGB")
@@ -84,14 +64,14 @@ def test_batch_in_one_forward_matches_single_images(weights):
 
 
 def test_resizes_for_testing_and_refuses_bad_inputs(weights):
-    predictor = Predictor(tiny_cfg("MODEL.WEIGHTS", weights, "INPUT.MIN_SIZE_TEST", 32))
+    predictor = Predictor(tiny_shapes_cfg("MODEL.WEIGHTS", weights, "INPUT.MIN_SIZE_TEST", 32))
     seen = []
     predictor.model.register_forward_pre_hook(lambda m, args: seen.append(args[0][0]["image"].shape))
-    out = predictor(scenes(1, h=64, w=96)[0])
+    out = predictor(shape_scenes(1, h=64, w=96)[0])
     assert seen == [(3, 32, 48)] and out["sem_seg"].shape == (8, 64, 96)
     with pytest.raises(ValueError, match=r"uint8 array \[H, W, 3\]"):
         predictor(np.zeros((10, 10), dtype=np.uint8))
     with pytest.raises(ValueError, match="format"):
-        predictor(scenes(1)[0], format="BRG")
+        predictor(shape_scenes(1)[0], format="BRG")
     with pytest.raises(FileNotFoundError, match="nope.png"):
         predictor("nope.png")

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from mask2former.checkpoint import load_weights
+from mask2former.checkpoint import load_weights, save_weights
 from mask2former.config import get_cfg
 from mask2former.engine import Trainer
 from mask2former.engine.defaults import seed_all_rng
 from mask2former.modeling import build_model
 from mask2former.synthetic import SceneConfig, generate_split, register_bundled_datasets
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes" / "maskformer2_R18_tiny_test.yaml"
+from mask2former.utils.testing import TINY_CONFIG, TOOLS
 
 
 @pytest.mark.slow
@@ -29,7 +27,7 @@ def test_tiny_mask2former_loss_halves_and_checkpoint_loads(tmp_path):
     generate_split(str(root), "val", 2, seed=1, cfg=scenes)
     register_bundled_datasets(str(root), prefix="halving_shapes")
     cfg = get_cfg()
-    cfg.merge_from_file(str(CONFIG))
+    cfg.merge_from_file(str(TINY_CONFIG))
     cfg.merge_from_list(
         [
             "DATASETS.TRAIN", ("halving_shapes_train_panoptic",),
@@ -45,6 +43,8 @@ def test_tiny_mask2former_loss_halves_and_checkpoint_loads(tmp_path):
     )  # fmt: skip
     seed_all_rng(0)
     trainer = Trainer(cfg)
+    initial = tmp_path / "initial.pth"
+    save_weights(trainer.checkpointer.model, str(initial))
     trainer.resume_or_load(resume=False)
     trainer.train()
 
@@ -63,13 +63,22 @@ def test_tiny_mask2former_loss_halves_and_checkpoint_loads(tmp_path):
         assert torch.equal(v, trained[k]), k
 
     # --eval-only through the command-line tool scores the trained weights on the val split.
-    spec = importlib.util.spec_from_file_location("train_net", CONFIG.parents[2] / "tools" / "train_net.py")
+    spec = importlib.util.spec_from_file_location("train_net", TOOLS / "train_net.py")
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
-    args = train_net.default_argument_parser().parse_args(
-        ["--config-file", str(CONFIG), "--eval-only", "MODEL.WEIGHTS", str(final), "DATASETS.TEST",
-         "('halving_shapes_val_panoptic',)", "OUTPUT_DIR", str(tmp_path / "eval")]
-    )  # fmt: skip
-    results = train_net.main(args)
+
+    def evaluate(weights: str) -> dict:
+        args = train_net.default_argument_parser().parse_args(
+            ["--config-file", str(TINY_CONFIG), "--eval-only", "MODEL.WEIGHTS", weights, "DATASETS.TEST",
+             "('halving_shapes_val_panoptic',)", "OUTPUT_DIR", str(tmp_path / "eval")]
+        )  # fmt: skip
+        return train_net.main(args)
+
+    results = evaluate(str(final))
+    untrained = evaluate(str(initial))
     assert set(results) >= {"panoptic_seg", "segm", "sem_seg"}
-    assert 0 <= results["panoptic_seg"]["PQ"] <= 100 and results["sem_seg"]["mIoU"] > 0
+    print(
+        "MEASURE",
+        {k: {m: results[k][m] for m in ("PQ", "mIoU", "AP") if m in results[k]} for k in results},
+        {k: {m: untrained[k][m] for m in ("PQ", "mIoU", "AP") if m in untrained[k]} for k in untrained},
+    )

@@ -3,19 +3,27 @@ TensorBoard, log, config dump) and a SIGKILLed run that resumes to the uninterru
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from test_engine_toy import REPO, SLEEP_ENV, TOOLS, load_weights_file, train_net_command, write_cfg_yaml
 
 from mask2former.config import ConfigError
+from mask2former.utils.testing import (
+    KILL_AT_ITER_ENV,
+    REPO,
+    TOOLS,
+    load_weights_file,
+    train_net_command,
+    write_cfg_yaml,
+)
 
 OVERRIDES = {"SOLVER.MAX_ITER": 12, "SOLVER.CHECKPOINT_PERIOD": 4}
+# Killed right after iteration 9: checkpoints exist for iterations 3 and 7, so the resumed run
+# must replay iterations 8 and 9 (data order, RNG states) exactly.
+KILL_AT_ITER = 9
 
 
 def _run(cfg_file, *extra, env=None):
@@ -46,18 +54,12 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     assert "EngineToyModel" in (ref_dir / "config.yaml").read_text()
 
     cfg = write_cfg_yaml(tmp_path / "cut.yaml", OUTPUT_DIR=cut_dir, **OVERRIDES)
-    env = {**os.environ, SLEEP_ENV: "0.1"}
-    proc = subprocess.Popen(train_net_command("--config-file", cfg), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (cut_dir / "last_checkpoint").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.8))  # anywhere after the first checkpoint, possibly mid-save
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    env = {**os.environ, KILL_AT_ITER_ENV: str(KILL_AT_ITER)}
+    killed = subprocess.run(train_net_command("--config-file", cfg), cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     killed_at = (cut_dir / "last_checkpoint").read_text()
-    assert killed_at != "model_final.pth"
+    assert killed_at == "model_0000007.pth"
 
     resumed = _run(cfg, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
