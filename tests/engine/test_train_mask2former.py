@@ -1,6 +1,7 @@
 """The real Mask2Former trained on CPU through the Trainer: a tiny config on a few synthetic
 shapes images, until the total loss has at least halved; it writes a final checkpoint that loads
-back into a fresh model and that `tools/train_net.py --eval-only` scores."""
+back into a fresh model and that `tools/train_net.py --eval-only` scores well above the untrained
+model (PQ, AP and mIoU at levels measured with margin)."""
 
 from __future__ import annotations
 
@@ -77,8 +78,8 @@ def test_tiny_mask2former_loss_halves_and_checkpoint_loads(tmp_path):
     results = evaluate(str(final))
     untrained = evaluate(str(initial))
     assert set(results) >= {"panoptic_seg", "segm", "sem_seg"}
-    print(
-        "MEASURE",
-        {k: {m: results[k][m] for m in ("PQ", "mIoU", "AP") if m in results[k]} for k in results},
-        {k: {m: untrained[k][m] for m in ("PQ", "mIoU", "AP") if m in untrained[k]} for k in untrained},
-    )
+    # Measured (CPU, seed 0): trained PQ 32.3, mask AP 59.2, mIoU 84.8; untrained PQ 0, AP 0, mIoU 3.1.
+    assert results["panoptic_seg"]["PQ"] >= 20, results["panoptic_seg"]
+    assert results["segm"]["AP"] >= 30, results["segm"]
+    assert results["sem_seg"]["mIoU"] >= 60, results["sem_seg"]
+    assert untrained["panoptic_seg"]["PQ"] < 10 and untrained["sem_seg"]["mIoU"] < 20, untrained
