@@ -9,8 +9,8 @@ from PIL import Image
 
 from mask2former.checkpoint import save_weights
 from mask2former.config import get_cfg
+from mask2former.data.datasets.shapes import SceneConfig, generate_scene
 from mask2former.predictor import Predictor
-from mask2former.synthetic import SceneConfig, generate_scene
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "shapes", "maskformer2_R18_tiny_test.yaml")

@@ -32,6 +32,7 @@ from .builtin_meta import (
 from .cityscapes import load_cityscapes_instances, load_cityscapes_panoptic, load_cityscapes_semantic
 from .coco import load_coco_json, load_sem_seg, require_path
 from .coco_panoptic import load_coco_panoptic_json
+from .shapes import register_bundled_datasets
 
 
 def _root() -> str:
@@ -241,8 +242,6 @@ def register_all(root: str | None = None) -> None:
 
 def _register_shapes(root: str) -> None:
     """The bundled synthetic dataset (`make demo`), generated into <root>/shapes."""
-    from ...synthetic import register_bundled_datasets
-
     register_bundled_datasets(os.path.join(root, "shapes"))
 
 
