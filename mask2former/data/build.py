@@ -5,7 +5,7 @@ dicts). The order is fixed by one seed: every epoch is a `torch.randperm` of the
 drawn from `torch.Generator().manual_seed(seed + epoch)`, split across ranks, cut into batches
 (within aspect-ratio groups when DATALOADER.ASPECT_RATIO_GROUPING). Each sample's augmentation
 is seeded from (seed, its position in the stream), so the result does not depend on the number
-of workers.
+of workers or on any other random call in the process (no global random state is touched).
 
 Resuming: pass the same `seed` and `start_iter` = the number of iterations already done. The
 loader then skips that many batches by index arithmetic and yields exactly the batches (images
@@ -143,9 +143,11 @@ class TrainingBatchSampler(torchdata.Sampler):
 
 
 class MapDataset(torchdata.Dataset):
-    """dataset dicts + mapper. Indexed by (position, index) in training, so each sample's
-    augmentation is seeded from (seed, position); by plain index for inference.
-    With `skip_bad_samples`, an unreadable sample is logged and replaced by the next index."""
+    """dataset dicts + mapper. Indexed by (position, index) in training: a mapper with
+    `takes_rng = True` is then called as `mapper(dataset_dict, rng)` with a `random.Random`
+    seeded from (seed, position), so its augmentation depends on nothing else that ran in the
+    process; other mappers are called as `mapper(dataset_dict)`. Indexed by plain index for
+    inference. With `skip_bad_samples`, an unreadable sample is logged and replaced by the next index."""
 
     def __init__(self, dicts: list[dict], mapper, seed: int | None = None, skip_bad_samples: bool = False):
         self.dicts, self.mapper, self.seed = dicts, mapper, seed
@@ -156,14 +158,13 @@ class MapDataset(torchdata.Dataset):
 
     def __getitem__(self, key):
         pos, idx = key if isinstance(key, tuple) else (None, key)
-        if pos is not None and self.seed is not None:
-            s = (self.seed * 1_000_003 + pos) % (2**32)
-            random.seed(s)
-            np.random.seed(s)
+        extra = {}
+        if getattr(self.mapper, "takes_rng", False) and pos is not None and self.seed is not None:
+            extra["rng"] = random.Random((self.seed * 1_000_003 + pos) % (2**32))
         for attempt in range(len(self.dicts)):
             d = self.dicts[(idx + attempt) % len(self.dicts)]
             try:
-                return self.mapper(dict(d))
+                return self.mapper(dict(d), **extra)
             except (DatasetFormatError, FileNotFoundError) as e:
                 if not self.skip_bad_samples:
                     raise

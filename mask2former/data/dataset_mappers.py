@@ -16,6 +16,7 @@ built as `Mapper(cfg, is_train=True)`. A user's own mapper registers itself with
 from __future__ import annotations
 
 import logging
+import random
 
 import numpy as np
 import torch
@@ -144,7 +145,11 @@ def _lsj_augs(cfg) -> list:
 
 
 class _TrainMapper:
-    """Shared set-up: augmentation list, image format, ignore label, class count."""
+    """Shared set-up: augmentation list, image format, ignore label, class count. Called as
+    `mapper(dataset_dict, rng)`: every random draw comes from `rng` (a `random.Random`; the
+    training loader seeds one per sample, see `MapDataset`)."""
+
+    takes_rng = True  # MapDataset passes its per-sample generator
 
     def __init__(self, cfg, is_train: bool = True):
         if not is_train:
@@ -162,6 +167,10 @@ class _TrainMapper:
     def _build_augs(self, cfg) -> list:
         raise TypeError(f"{type(self).__name__} must define _build_augs")
 
+    def _augment(self, sample: dict, rng: random.Random | None) -> dict:
+        """The augmentations, drawing from `rng` (a fresh unseeded generator when None)."""
+        return self.augmentations(sample, random.Random() if rng is None else rng)
+
     def _pad(self, sample: dict) -> dict:
         if self.size_divisibility > 0:
             fills = {"sem_seg": self.ignore_label, "pan_seg": 0, "masks": 0}
@@ -178,7 +187,7 @@ class MaskFormerSemanticDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _shortest_edge_augs(cfg, True, self.ignore_label)
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
         if "sem_seg_file_name" not in dataset_dict:
             raise DatasetFormatError(
                 f"{dataset_dict.get('file_name')}: semantic mapper needs 'sem_seg_file_name'"
@@ -186,7 +195,7 @@ class MaskFormerSemanticDatasetMapper(_TrainMapper):
         image = _load_image(dataset_dict)
         orig = tuple(image.shape[-2:])
         sample = {"image": image, "sem_seg": _load_sem_seg(dataset_dict["sem_seg_file_name"], orig)}
-        sample = self._pad(self.augmentations(sample))
+        sample = self._pad(self._augment(sample, rng))
         sem = sample["sem_seg"].as_subclass(torch.Tensor).long()
         classes = sem.unique()
         classes = classes[classes != self.ignore_label]
@@ -206,12 +215,12 @@ class MaskFormerInstanceDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _shortest_edge_augs(cfg, False, self.ignore_label)
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
         image = _load_image(dataset_dict)
         orig = tuple(image.shape[-2:])
         masks, classes = annotations_to_masks(dataset_dict, orig)
         sample = {"image": image, "masks": tv_tensors.Mask(masks)}
-        sample = self._pad(self.augmentations(sample))
+        sample = self._pad(self._augment(sample, rng))
         _check_classes(classes, self.num_classes, dataset_dict["file_name"])
         out = _out_dict(dataset_dict, sample["image"], self.image_format, orig)
         out["instances"] = _instances_from_masks(sample["masks"], classes)
@@ -281,7 +290,7 @@ class MaskFormerPanopticDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _shortest_edge_augs(cfg, True, self.ignore_label)
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
         image = _load_image(dataset_dict)
         orig = tuple(image.shape[-2:])
         pan, segments = _load_panoptic(dataset_dict, orig)
@@ -290,7 +299,7 @@ class MaskFormerPanopticDatasetMapper(_TrainMapper):
         else:
             sem = tv_tensors.Mask(_semantic_from_panoptic(pan, segments, self.ignore_label))
         sample = {"image": image, "pan_seg": tv_tensors.Mask(pan), "sem_seg": sem}
-        sample = self._pad(self.augmentations(sample))
+        sample = self._pad(self._augment(sample, rng))
         masks, classes = _panoptic_instances(sample["pan_seg"].as_subclass(torch.Tensor), segments)
         _check_classes(classes, self.num_classes, dataset_dict["pan_seg_file_name"])
         out = _out_dict(dataset_dict, sample["image"], self.image_format, orig)
@@ -308,12 +317,12 @@ class COCOInstanceLSJDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _lsj_augs(cfg)
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
         image = _load_image(dataset_dict)
         orig = tuple(image.shape[-2:])
         masks, classes = annotations_to_masks(dataset_dict, orig)
         _check_classes(classes, self.num_classes, dataset_dict["file_name"])
-        sample = self.augmentations({"image": image, "masks": tv_tensors.Mask(masks)})
+        sample = self._augment({"image": image, "masks": tv_tensors.Mask(masks)}, rng)
         out = _out_dict(dataset_dict, sample["image"], self.image_format, orig)
         out["instances"] = _instances_from_masks(sample["masks"], classes)
         return out
@@ -327,11 +336,11 @@ class COCOPanopticLSJDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _lsj_augs(cfg)
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
         image = _load_image(dataset_dict)
         orig = tuple(image.shape[-2:])
         pan, segments = _load_panoptic(dataset_dict, orig)
-        sample = self.augmentations({"image": image, "pan_seg": tv_tensors.Mask(pan)})
+        sample = self._augment({"image": image, "pan_seg": tv_tensors.Mask(pan)}, rng)
         masks, classes = _panoptic_instances(sample["pan_seg"].as_subclass(torch.Tensor), segments)
         _check_classes(classes, self.num_classes, dataset_dict["pan_seg_file_name"])
         out = _out_dict(dataset_dict, sample["image"], self.image_format, orig)
@@ -353,7 +362,7 @@ class InferenceDatasetMapper:
         image = _load_image(dataset_dict)
         orig = tuple(image.shape[-2:])
         if self.min_size > 0:
-            image = T.ResizeShortestEdge([self.min_size], self.max_size)({"image": image})["image"]
+            image = T.resize_shortest_edge({"image": image}, self.min_size, self.max_size)["image"]
         return _out_dict(dataset_dict, image, self.image_format, orig)
 
 
