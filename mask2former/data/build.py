@@ -23,10 +23,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.utils.data as torchdata
 from PIL import Image
 
+from ..utils.dist import get_rank, get_world_size, shared_random_seed
 from .catalog import DatasetCatalog
 from .dataset_mappers import build_dataset_mapper
 from .detection_utils import DatasetFormatError
@@ -37,21 +37,6 @@ logger = logging.getLogger(__name__)
 def trivial_batch_collator(batch: list) -> list:
     """Batches stay lists of dicts; the model pads images itself."""
     return batch
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _shared_random_seed() -> int:
-    seed = int(np.random.randint(2**31))
-    if dist.is_available() and dist.is_initialized():
-        t = torch.tensor([seed], dtype=torch.int64)
-        dist.broadcast(t, src=0)
-        seed = int(t.item())
-    return seed
 
 
 def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
@@ -113,7 +98,7 @@ class TrainingBatchSampler(torchdata.Sampler):
         self.size, self.batch_size, self.seed = size, batch_size, int(seed)
         self.groups = groups
         self.start_iter = int(start_iter)
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = get_rank(), get_world_size()
 
     def _indices(self) -> Iterator[int]:
         """This rank's share of the infinite shuffled index stream."""
@@ -184,7 +169,7 @@ def build_detection_train_loader(
         seed: shuffling/augmentation seed; default cfg.SEED, or a shared random seed if negative.
         skip_bad_samples: log and skip unreadable samples instead of raising.
     """
-    rank, world = _world()
+    world = get_world_size()
     total = int(cfg.SOLVER.IMS_PER_BATCH)
     if total % world != 0:
         raise ValueError(
@@ -192,7 +177,7 @@ def build_detection_train_loader(
         )
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     if seed is None:
-        seed = int(cfg.SEED) if cfg.SEED >= 0 else _shared_random_seed()
+        seed = int(cfg.SEED) if cfg.SEED >= 0 else shared_random_seed()
     logger.info("Training data: %d images, seed %d, start_iter %d", len(dicts), seed, start_iter)
     groups = _aspect_groups(dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
     sampler = TrainingBatchSampler(len(dicts), total // world, seed, groups, start_iter)
@@ -209,7 +194,7 @@ class InferenceSampler(torchdata.Sampler):
     """Each rank gets a contiguous, ordered slice of [0, size)."""
 
     def __init__(self, size: int):
-        rank, world = _world()
+        rank, world = get_rank(), get_world_size()
         per = (size - 1) // world + 1 if size else 0
         self.indices = list(range(min(rank * per, size), min((rank + 1) * per, size)))
 

@@ -8,9 +8,10 @@ Output of every mapper:
                                           gt_masks bool [N, H, W]), N = 0 allowed
                    "sem_seg": int64 [H, W], ignore_label for void (semantic / panoptic mappers)
 
-Training mappers are chosen by cfg.INPUT.DATASET_MAPPER_NAME from DATASET_MAPPER_REGISTRY and
-built as `Mapper(cfg, is_train=True)`. A user's own mapper registers itself with
-`@DATASET_MAPPER_REGISTRY.register()`.
+Training mappers are chosen by cfg.INPUT.DATASET_MAPPER_NAME from DATASET_MAPPER_REGISTRY (by
+class name, or by the original project's names listed in MAPPER_CONFIG_NAMES) and built as
+`Mapper(cfg, is_train=True)`. A user's own mapper registers itself with
+`@DATASET_MAPPER_REGISTRY.register()` and is selected by its class name.
 """
 
 from __future__ import annotations
@@ -39,21 +40,19 @@ logger = logging.getLogger(__name__)
 
 DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
 DATASET_MAPPER_REGISTRY.__doc__ = (
-    "Training dataset mappers, chosen by INPUT.DATASET_MAPPER_NAME; called as obj(cfg, is_train) and "
-    "then obj(dataset_dict) -> dict. Register a class under its own name with "
-    "@DATASET_MAPPER_REGISTRY.register(), or under a config name with @register_mapper('name')."
+    "Training dataset mappers, chosen by INPUT.DATASET_MAPPER_NAME (the class name, or one of the "
+    "original project's names in MAPPER_CONFIG_NAMES); called as obj(cfg, is_train) and then "
+    "obj(dataset_dict, rng) -> dict. Register a class with @DATASET_MAPPER_REGISTRY.register()."
 )
 
-
-def register_mapper(name: str):
-    """Class decorator: register a mapper under the config name `name` (fvcore's decorator
-    only registers under the class's own name)."""
-
-    def deco(cls):
-        DATASET_MAPPER_REGISTRY._do_register(name, cls)
-        return cls
-
-    return deco
+# The original project's INPUT.DATASET_MAPPER_NAME values -> the registered mapper classes.
+MAPPER_CONFIG_NAMES = {
+    "mask_former_semantic": "MaskFormerSemanticDatasetMapper",
+    "mask_former_instance": "MaskFormerInstanceDatasetMapper",
+    "mask_former_panoptic": "MaskFormerPanopticDatasetMapper",
+    "coco_instance_lsj": "COCOInstanceLSJDatasetMapper",
+    "coco_panoptic_lsj": "COCOPanopticLSJDatasetMapper",
+}
 
 
 def _load_image(dataset_dict: dict) -> tv_tensors.Image:
@@ -178,7 +177,7 @@ class _TrainMapper:
         return sample
 
 
-@register_mapper("mask_former_semantic")
+@DATASET_MAPPER_REGISTRY.register()
 class MaskFormerSemanticDatasetMapper(_TrainMapper):
     """Semantic segmentation: shortest-edge resize, random crop with SINGLE_CATEGORY_MAX_AREA,
     SSD colour jitter, flip, padding to SIZE_DIVISIBILITY (ignore_label). One instance per class
@@ -207,7 +206,7 @@ class MaskFormerSemanticDatasetMapper(_TrainMapper):
         return out
 
 
-@register_mapper("mask_former_instance")
+@DATASET_MAPPER_REGISTRY.register()
 class MaskFormerInstanceDatasetMapper(_TrainMapper):
     """Instance segmentation from COCO-style annotations (polygons or RLE; crowd regions are
     not targets): shortest-edge resize, random crop, SSD colour jitter, flip, padding."""
@@ -281,7 +280,7 @@ def _semantic_from_panoptic(pan: torch.Tensor, segments: list[dict], ignore_labe
     return sem
 
 
-@register_mapper("mask_former_panoptic")
+@DATASET_MAPPER_REGISTRY.register()
 class MaskFormerPanopticDatasetMapper(_TrainMapper):
     """Panoptic segmentation from COCO-format PNG + segments_info: the semantic mapper's
     augmentations (the category-area crop uses `sem_seg_file_name` when given, else the
@@ -308,7 +307,7 @@ class MaskFormerPanopticDatasetMapper(_TrainMapper):
         return out
 
 
-@register_mapper("coco_instance_lsj")
+@DATASET_MAPPER_REGISTRY.register()
 class COCOInstanceLSJDatasetMapper(_TrainMapper):
     """COCO instance segmentation with large-scale jitter: flip, resize so the image fits
     IMAGE_SIZE * s (s in [MIN_SCALE, MAX_SCALE]), crop/pad to IMAGE_SIZE x IMAGE_SIZE (image
@@ -328,7 +327,7 @@ class COCOInstanceLSJDatasetMapper(_TrainMapper):
         return out
 
 
-@register_mapper("coco_panoptic_lsj")
+@DATASET_MAPPER_REGISTRY.register()
 class COCOPanopticLSJDatasetMapper(_TrainMapper):
     """COCO panoptic with large-scale jitter (as `coco_instance_lsj`), targets from the
     augmented panoptic id map: one instance per non-crowd segment, things and stuff."""
@@ -371,15 +370,16 @@ def build_dataset_mapper(cfg, is_train: bool = True):
     if not is_train:
         return InferenceDatasetMapper(cfg)
     name = cfg.INPUT.DATASET_MAPPER_NAME
-    if name not in DATASET_MAPPER_REGISTRY:
-        raise KeyError(
-            f"INPUT.DATASET_MAPPER_NAME {name!r} is not registered; known: {sorted(k for k, _ in DATASET_MAPPER_REGISTRY)}"
-        )
-    return DATASET_MAPPER_REGISTRY.get(name)(cfg, is_train=True)
+    registered = MAPPER_CONFIG_NAMES.get(name, name)
+    if registered not in DATASET_MAPPER_REGISTRY:
+        known = sorted(MAPPER_CONFIG_NAMES) + sorted(k for k, _ in DATASET_MAPPER_REGISTRY)
+        raise KeyError(f"INPUT.DATASET_MAPPER_NAME {name!r} is not registered; known: {known}")
+    return DATASET_MAPPER_REGISTRY.get(registered)(cfg, is_train=True)
 
 
 __all__ = [
     "DATASET_MAPPER_REGISTRY",
+    "MAPPER_CONFIG_NAMES",
     "COCOInstanceLSJDatasetMapper",
     "COCOPanopticLSJDatasetMapper",
     "InferenceDatasetMapper",
@@ -388,5 +388,4 @@ __all__ = [
     "MaskFormerSemanticDatasetMapper",
     "annotations_to_masks",
     "build_dataset_mapper",
-    "register_mapper",
 ]
