@@ -55,14 +55,15 @@ MAPPER_CONFIG_NAMES = {
 }
 
 
-def _load_image(dataset_dict: dict) -> tv_tensors.Image:
-    """Decode `file_name` as RGB uint8 [3, H, W] and check it against the dict's height/width."""
+def _load_image(dataset_dict: dict) -> tuple[tv_tensors.Image, tuple[int, int]]:
+    """Decode `file_name` as RGB uint8 [3, H, W] and check it against the dict's height/width;
+    returns the image and its (H, W)."""
     img = read_image(dataset_dict["file_name"], "RGB")
     check_image_size(dataset_dict, img)
     img = np.require(
         img, requirements=["C", "W"]
     )  # a writable copy only when the decoder gave a read-only view
-    return tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1))
+    return tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1)), img.shape[:2]
 
 
 def _to_format(image: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -191,8 +192,7 @@ class MaskFormerSemanticDatasetMapper(_TrainMapper):
             raise DatasetFormatError(
                 f"{dataset_dict.get('file_name')}: semantic mapper needs 'sem_seg_file_name'"
             )
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+        image, orig = _load_image(dataset_dict)
         sample = {"image": image, "sem_seg": _load_sem_seg(dataset_dict["sem_seg_file_name"], orig)}
         sample = self._pad(self._augment(sample, rng))
         sem = sample["sem_seg"].as_subclass(torch.Tensor).long()
@@ -215,8 +215,7 @@ class MaskFormerInstanceDatasetMapper(_TrainMapper):
         return _shortest_edge_augs(cfg, False, self.ignore_label)
 
     def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+        image, orig = _load_image(dataset_dict)
         masks, classes = annotations_to_masks(dataset_dict, orig)
         sample = {"image": image, "masks": tv_tensors.Mask(masks)}
         sample = self._pad(self._augment(sample, rng))
@@ -290,8 +289,7 @@ class MaskFormerPanopticDatasetMapper(_TrainMapper):
         return _shortest_edge_augs(cfg, True, self.ignore_label)
 
     def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+        image, orig = _load_image(dataset_dict)
         pan, segments = _load_panoptic(dataset_dict, orig)
         if "sem_seg_file_name" in dataset_dict:
             sem = _load_sem_seg(dataset_dict["sem_seg_file_name"], orig)
@@ -317,8 +315,7 @@ class COCOInstanceLSJDatasetMapper(_TrainMapper):
         return _lsj_augs(cfg)
 
     def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+        image, orig = _load_image(dataset_dict)
         masks, classes = annotations_to_masks(dataset_dict, orig)
         _check_classes(classes, self.num_classes, dataset_dict["file_name"])
         sample = self._augment({"image": image, "masks": tv_tensors.Mask(masks)}, rng)
@@ -336,8 +333,7 @@ class COCOPanopticLSJDatasetMapper(_TrainMapper):
         return _lsj_augs(cfg)
 
     def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+        image, orig = _load_image(dataset_dict)
         pan, segments = _load_panoptic(dataset_dict, orig)
         sample = self._augment({"image": image, "pan_seg": tv_tensors.Mask(pan)}, rng)
         masks, classes = _panoptic_instances(sample["pan_seg"].as_subclass(torch.Tensor), segments)
@@ -358,8 +354,7 @@ class InferenceDatasetMapper:
         self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
 
     def __call__(self, dataset_dict: dict) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+        image, orig = _load_image(dataset_dict)
         if self.min_size > 0:
             image = T.resize_shortest_edge({"image": image}, self.min_size, self.max_size)["image"]
         return _out_dict(dataset_dict, image, self.image_format, orig)

@@ -24,7 +24,9 @@ from PIL import Image
 
 from ..data.catalog import MetadataCatalog
 from ..data.detection_utils import DatasetFormatError, id2rgb, read_panoptic_png
-from .evaluator import DatasetEvaluator, all_gather, is_main_process
+from ..utils.dist import all_gather, gather_on_main
+from .evaluator import DatasetEvaluator
+from .prediction_files import write_predictions_json
 
 logger = logging.getLogger(__name__)
 
@@ -249,14 +251,12 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         stat = PQStat()
         for s in all_gather(self._stat):
             stat += s
-        preds = [p for ps in all_gather(self._pred_json) for p in ps]
-        if not is_main_process():
+        preds = gather_on_main(self._pred_json)
+        if preds is None:
             return {}
         if self._gt is None:
             self._load_gt()
-        if self.output_dir:
-            with open(os.path.join(self.output_dir, "predictions.json"), "w") as f:
-                json.dump({"annotations": preds}, f)
+        write_predictions_json(self.output_dir, "predictions.json", {"annotations": preds})
         res = OrderedDict()
         for key, isthing in (("", None), ("_th", True), ("_st", False)):
             avg, _ = stat.pq_average(self._categories, isthing)
