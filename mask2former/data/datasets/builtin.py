@@ -47,11 +47,18 @@ class Prepared(NamedTuple):
     script: str
 
 
+class Family(NamedTuple):
+    """What the splits of one dataset share."""
+
+    categories: tuple | None  # (id, name, isthing, colour) rows; None: only a class count
+    ignore_label: int
+    panoptic_evaluator: str | None = None
+
+
 class SemSegSplit(NamedTuple):
-    family: str | None  # key of _CATEGORIES (None: no class table)
+    family: str  # key of _FAMILIES
     image_root: str
     sem_seg_root: str
-    ignore_label: int
     gt_ext: str = ".png"
     prepared: Prepared | None = None
 
@@ -65,11 +72,9 @@ class InstancesSplit(NamedTuple):
 
 class PanopticSplit(NamedTuple):
     family: str
-    evaluator_type: str
     image_root: str
     panoptic_root: str
     panoptic_json: str
-    ignore_label: int
     sem_seg_root: str | None = None
     instances_json: str | None = None  # COCO instance AP on the same images
     prepared: Prepared | None = None
@@ -78,11 +83,12 @@ class PanopticSplit(NamedTuple):
 # The model needs Mapillary's thing/stuff split before any file is read; panoptic_2018.json
 # numbers its categories from 1, in table order (a JSON that disagrees is reported on load).
 _MAPILLARY_ONE_BASED = tuple((i + 1, *c[1:]) for i, c in enumerate(MAPILLARY_VISTAS_CATEGORIES))
-_CATEGORIES = {
-    "coco": COCO_CATEGORIES,
-    "ade20k": ADE20K_150_CATEGORIES,
-    "cityscapes": CITYSCAPES_CATEGORIES,
-    "mapillary_vistas": _MAPILLARY_ONE_BASED,
+_ADE20K_FULL_NUM_CLASSES = 847
+_FAMILIES = {
+    "coco": Family(COCO_CATEGORIES, 255, "coco_panoptic_seg"),
+    "ade20k": Family(ADE20K_150_CATEGORIES, 255, "ade20k_panoptic_seg"),
+    "ade20k_full": Family(None, 65535),  # no class table, _ADE20K_FULL_NUM_CLASSES classes
+    "mapillary_vistas": Family(_MAPILLARY_ONE_BASED, 65, "mapillary_vistas_panoptic_seg"),
 }
 
 _ADE = "ADEChallengeData2016"
@@ -94,33 +100,121 @@ _ADE_PAN = "ADE20K panoptic JSON", "tools/prepare_ade20k_pan_seg.py"
 _ADE_INS = "ADE20K instance JSON", "tools/prepare_ade20k_ins_seg.py"
 
 # Paths below are relative to the datasets root.
-# fmt: off
 _PREDEFINED_SPLITS_SEM_SEG = {
-    "ade20k_sem_seg_train": SemSegSplit("ade20k", f"{_ADE}/images/training", f"{_ADE}/annotations_detectron2/training", 255, prepared=Prepared(f"{_ADE}/annotations_detectron2/training", *_ADE_SEM)),
-    "ade20k_sem_seg_val": SemSegSplit("ade20k", f"{_ADE}/images/validation", f"{_ADE}/annotations_detectron2/validation", 255, prepared=Prepared(f"{_ADE}/annotations_detectron2/validation", *_ADE_SEM)),
-    "ade20k_full_sem_seg_train": SemSegSplit(None, f"{_ADE_FULL}/images_detectron2/training", f"{_ADE_FULL}/annotations_detectron2/training", 65535, gt_ext=".tif"),
-    "ade20k_full_sem_seg_val": SemSegSplit(None, f"{_ADE_FULL}/images_detectron2/validation", f"{_ADE_FULL}/annotations_detectron2/validation", 65535, gt_ext=".tif"),
-    "mapillary_vistas_sem_seg_train": SemSegSplit("mapillary_vistas", f"{_MV}/training/images", f"{_MV}/training/labels", 65),
-    "mapillary_vistas_sem_seg_val": SemSegSplit("mapillary_vistas", f"{_MV}/validation/images", f"{_MV}/validation/labels", 65),
+    "ade20k_sem_seg_train": SemSegSplit(
+        "ade20k",
+        f"{_ADE}/images/training",
+        f"{_ADE}/annotations_detectron2/training",
+        prepared=Prepared(f"{_ADE}/annotations_detectron2/training", *_ADE_SEM),
+    ),
+    "ade20k_sem_seg_val": SemSegSplit(
+        "ade20k",
+        f"{_ADE}/images/validation",
+        f"{_ADE}/annotations_detectron2/validation",
+        prepared=Prepared(f"{_ADE}/annotations_detectron2/validation", *_ADE_SEM),
+    ),
+    "ade20k_full_sem_seg_train": SemSegSplit(
+        "ade20k_full",
+        f"{_ADE_FULL}/images_detectron2/training",
+        f"{_ADE_FULL}/annotations_detectron2/training",
+        gt_ext=".tif",
+    ),
+    "ade20k_full_sem_seg_val": SemSegSplit(
+        "ade20k_full",
+        f"{_ADE_FULL}/images_detectron2/validation",
+        f"{_ADE_FULL}/annotations_detectron2/validation",
+        gt_ext=".tif",
+    ),
+    "mapillary_vistas_sem_seg_train": SemSegSplit(
+        "mapillary_vistas", f"{_MV}/training/images", f"{_MV}/training/labels"
+    ),
+    "mapillary_vistas_sem_seg_val": SemSegSplit(
+        "mapillary_vistas", f"{_MV}/validation/images", f"{_MV}/validation/labels"
+    ),
 }
-_ADE20K_FULL_NUM_CLASSES = 847
 
 _PREDEFINED_SPLITS_INSTANCES = {
     "coco_2017_train": InstancesSplit("coco", "coco/train2017", "coco/annotations/instances_train2017.json"),
     "coco_2017_val": InstancesSplit("coco", "coco/val2017", "coco/annotations/instances_val2017.json"),
-    "ade20k_instance_train": InstancesSplit("ade20k", f"{_ADE}/images/training", f"{_ADE}/ade20k_instance_train.json", Prepared(f"{_ADE}/ade20k_instance_train.json", *_ADE_INS)),
-    "ade20k_instance_val": InstancesSplit("ade20k", f"{_ADE}/images/validation", f"{_ADE}/ade20k_instance_val.json", Prepared(f"{_ADE}/ade20k_instance_val.json", *_ADE_INS)),
+    "ade20k_instance_train": InstancesSplit(
+        "ade20k",
+        f"{_ADE}/images/training",
+        f"{_ADE}/ade20k_instance_train.json",
+        Prepared(f"{_ADE}/ade20k_instance_train.json", *_ADE_INS),
+    ),
+    "ade20k_instance_val": InstancesSplit(
+        "ade20k",
+        f"{_ADE}/images/validation",
+        f"{_ADE}/ade20k_instance_val.json",
+        Prepared(f"{_ADE}/ade20k_instance_val.json", *_ADE_INS),
+    ),
 }
 
 _PREDEFINED_SPLITS_COCO_PANOPTIC = {
-    "coco_2017_train_panoptic": PanopticSplit("coco", "coco_panoptic_seg", "coco/train2017", "coco/panoptic_train2017", "coco/annotations/panoptic_train2017.json", 255, instances_json="coco/annotations/instances_train2017.json"),
-    "coco_2017_val_panoptic": PanopticSplit("coco", "coco_panoptic_seg", "coco/val2017", "coco/panoptic_val2017", "coco/annotations/panoptic_val2017.json", 255, instances_json="coco/annotations/instances_val2017.json"),
-    "coco_2017_train_panoptic_with_sem_seg": PanopticSplit("coco", "coco_panoptic_seg", "coco/train2017", "coco/panoptic_train2017", "coco/annotations/panoptic_train2017.json", 255, "coco/panoptic_semseg_train2017", "coco/annotations/instances_train2017.json", Prepared("coco/panoptic_semseg_train2017", *_COCO_SEM)),
-    "coco_2017_val_panoptic_with_sem_seg": PanopticSplit("coco", "coco_panoptic_seg", "coco/val2017", "coco/panoptic_val2017", "coco/annotations/panoptic_val2017.json", 255, "coco/panoptic_semseg_val2017", "coco/annotations/instances_val2017.json", Prepared("coco/panoptic_semseg_val2017", *_COCO_SEM)),
-    "ade20k_panoptic_train": PanopticSplit("ade20k", "ade20k_panoptic_seg", f"{_ADE}/images/training", f"{_ADE}/ade20k_panoptic_train", f"{_ADE}/ade20k_panoptic_train.json", 255, f"{_ADE}/annotations_detectron2/training", f"{_ADE}/ade20k_instance_train.json", Prepared(f"{_ADE}/ade20k_panoptic_train.json", *_ADE_PAN)),
-    "ade20k_panoptic_val": PanopticSplit("ade20k", "ade20k_panoptic_seg", f"{_ADE}/images/validation", f"{_ADE}/ade20k_panoptic_val", f"{_ADE}/ade20k_panoptic_val.json", 255, f"{_ADE}/annotations_detectron2/validation", f"{_ADE}/ade20k_instance_val.json", Prepared(f"{_ADE}/ade20k_panoptic_val.json", *_ADE_PAN)),
-    "mapillary_vistas_panoptic_train": PanopticSplit("mapillary_vistas", "mapillary_vistas_panoptic_seg", f"{_MV}/training/images", f"{_MV}/training/panoptic", f"{_MV}/training/panoptic/panoptic_2018.json", 65, f"{_MV}/training/labels"),
-    "mapillary_vistas_panoptic_val": PanopticSplit("mapillary_vistas", "mapillary_vistas_panoptic_seg", f"{_MV}/validation/images", f"{_MV}/validation/panoptic", f"{_MV}/validation/panoptic/panoptic_2018.json", 65, f"{_MV}/validation/labels"),
+    "coco_2017_train_panoptic": PanopticSplit(
+        "coco",
+        "coco/train2017",
+        "coco/panoptic_train2017",
+        "coco/annotations/panoptic_train2017.json",
+        instances_json="coco/annotations/instances_train2017.json",
+    ),
+    "coco_2017_val_panoptic": PanopticSplit(
+        "coco",
+        "coco/val2017",
+        "coco/panoptic_val2017",
+        "coco/annotations/panoptic_val2017.json",
+        instances_json="coco/annotations/instances_val2017.json",
+    ),
+    "coco_2017_train_panoptic_with_sem_seg": PanopticSplit(
+        "coco",
+        "coco/train2017",
+        "coco/panoptic_train2017",
+        "coco/annotations/panoptic_train2017.json",
+        "coco/panoptic_semseg_train2017",
+        "coco/annotations/instances_train2017.json",
+        Prepared("coco/panoptic_semseg_train2017", *_COCO_SEM),
+    ),
+    "coco_2017_val_panoptic_with_sem_seg": PanopticSplit(
+        "coco",
+        "coco/val2017",
+        "coco/panoptic_val2017",
+        "coco/annotations/panoptic_val2017.json",
+        "coco/panoptic_semseg_val2017",
+        "coco/annotations/instances_val2017.json",
+        Prepared("coco/panoptic_semseg_val2017", *_COCO_SEM),
+    ),
+    "ade20k_panoptic_train": PanopticSplit(
+        "ade20k",
+        f"{_ADE}/images/training",
+        f"{_ADE}/ade20k_panoptic_train",
+        f"{_ADE}/ade20k_panoptic_train.json",
+        f"{_ADE}/annotations_detectron2/training",
+        f"{_ADE}/ade20k_instance_train.json",
+        Prepared(f"{_ADE}/ade20k_panoptic_train.json", *_ADE_PAN),
+    ),
+    "ade20k_panoptic_val": PanopticSplit(
+        "ade20k",
+        f"{_ADE}/images/validation",
+        f"{_ADE}/ade20k_panoptic_val",
+        f"{_ADE}/ade20k_panoptic_val.json",
+        f"{_ADE}/annotations_detectron2/validation",
+        f"{_ADE}/ade20k_instance_val.json",
+        Prepared(f"{_ADE}/ade20k_panoptic_val.json", *_ADE_PAN),
+    ),
+    "mapillary_vistas_panoptic_train": PanopticSplit(
+        "mapillary_vistas",
+        f"{_MV}/training/images",
+        f"{_MV}/training/panoptic",
+        f"{_MV}/training/panoptic/panoptic_2018.json",
+        f"{_MV}/training/labels",
+    ),
+    "mapillary_vistas_panoptic_val": PanopticSplit(
+        "mapillary_vistas",
+        f"{_MV}/validation/images",
+        f"{_MV}/validation/panoptic",
+        f"{_MV}/validation/panoptic/panoptic_2018.json",
+        f"{_MV}/validation/labels",
+    ),
 }
 
 # Cityscapes in the cityscapesscripts layout: split -> (image dir, ground-truth dir); the
@@ -129,7 +223,6 @@ _PREDEFINED_SPLITS_CITYSCAPES = {
     "train": ("cityscapes/leftImg8bit/train", "cityscapes/gtFine/train"),
     "val": ("cityscapes/leftImg8bit/val", "cityscapes/gtFine/val"),
 }
-# fmt: on
 
 
 def _root() -> str:
@@ -152,9 +245,10 @@ def _register(
 def _register_sem_seg(root: str) -> None:
     for name, split in _PREDEFINED_SPLITS_SEM_SEG.items():
         img, sem = os.path.join(root, split.image_root), os.path.join(root, split.sem_seg_root)
+        family = _FAMILIES[split.family]
         classes = (
-            semantic_metadata(_CATEGORIES[split.family])
-            if split.family
+            semantic_metadata(family.categories)
+            if family.categories
             else {"num_classes": _ADE20K_FULL_NUM_CLASSES}
         )
         _register(
@@ -165,7 +259,7 @@ def _register_sem_seg(root: str) -> None:
                 image_root=img,
                 sem_seg_root=sem,
                 evaluator_type="sem_seg",
-                ignore_label=split.ignore_label,
+                ignore_label=family.ignore_label,
                 **classes,
             ),
             split.prepared,
@@ -183,7 +277,7 @@ def _register_instances(root: str) -> None:
                 json_file=json_file,
                 image_root=img,
                 evaluator_type="coco",
-                **instance_metadata(_CATEGORIES[split.family]),
+                **instance_metadata(_FAMILIES[split.family].categories),
             ),
             split.prepared,
         )
@@ -191,6 +285,7 @@ def _register_instances(root: str) -> None:
 
 def _register_coco_panoptic(root: str) -> None:
     for name, split in _PREDEFINED_SPLITS_COCO_PANOPTIC.items():
+        family = _FAMILIES[split.family]
         img = os.path.join(root, split.image_root)
         pan_dir, pan_json = os.path.join(root, split.panoptic_root), os.path.join(root, split.panoptic_json)
         sem = split.sem_seg_root and os.path.join(root, split.sem_seg_root)
@@ -205,11 +300,11 @@ def _register_coco_panoptic(root: str) -> None:
                 image_root=img,
                 panoptic_root=pan_dir,
                 panoptic_json=pan_json,
-                evaluator_type=split.evaluator_type,
-                ignore_label=split.ignore_label,
+                evaluator_type=family.panoptic_evaluator,
+                ignore_label=family.ignore_label,
                 label_divisor=1000,
                 **optional,
-                **panoptic_metadata(_CATEGORIES[split.family]),
+                **panoptic_metadata(family.categories),
             ),
             split.prepared,
         )
