@@ -124,3 +124,12 @@ def shared_random_seed() -> int:
     """A random int drawn on rank 0 and shared by every rank."""
     seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     return int(broadcast_object(seed))
+
+
+def gather_on_main(items: list) -> list | None:
+    """Every rank's `items` concatenated in rank order, on the main process; None on the others.
+    A collective: every rank must call it."""
+    gathered = all_gather(items)
+    if not is_main_process():
+        return None
+    return [item for rank_items in gathered for item in rank_items]

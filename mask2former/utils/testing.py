@@ -133,7 +133,7 @@ def tiny_shapes_cfg(*opts):
 
 def shape_scenes(n: int, h: int = 64, w: int = 80, seed: int = 0) -> list[np.ndarray]:
     """`n` RGB images [h, w, 3] uint8 of the bundled shapes dataset."""
-    from mask2former.synthetic import SceneConfig, generate_scene
+    from mask2former.data.datasets.shapes import SceneConfig, generate_scene
 
     rng = np.random.default_rng(seed)
     return [

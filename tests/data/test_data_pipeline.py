@@ -250,8 +250,7 @@ def test_instance_mapper_alignment(tmp_path, seed):
         cfg = _aug_cfg(base_cfg(name, mapper_name, 2))
         cfg.INPUT.IMAGE_SIZE = 64
         mapper = build_dataset_mapper(cfg, True)
-        random.seed(seed)
-        out = mapper(dict(d))
+        out = mapper(dict(d), random.Random(seed))
         assert (out["height"], out["width"]) == (H, W) and out["image"].dtype == torch.uint8
         inst = out["instances"]
         assert inst.gt_masks.dtype == torch.bool and inst.gt_classes.dtype == torch.int64
@@ -278,8 +277,7 @@ def test_semantic_mapper_exact_flip_and_crop(tmp_path):
 
     flips = set()
     for seed in range(8):
-        random.seed(seed)
-        out = build_dataset_mapper(cfg, True)(dict(d))
+        out = build_dataset_mapper(cfg, True)(dict(d), random.Random(seed))
         sem = out["sem_seg"]
         assert sem.shape == (40, 40) and out["image"].shape == (3, 40, 40)
         valid = torch.zeros_like(sem, dtype=torch.bool)
@@ -307,14 +305,12 @@ def test_semantic_mapper_category_area_and_bgr(tmp_path):
     import random
 
     for seed in range(5):
-        random.seed(seed)
-        sem = build_dataset_mapper(cfg, True)(dict(d))["sem_seg"]
+        sem = build_dataset_mapper(cfg, True)(dict(d), random.Random(seed))["sem_seg"]
         _, counts = sem[sem != 255].unique(return_counts=True)
         assert len(counts) > 1 and counts.max() < 0.75 * counts.sum()
     cfg.INPUT.FORMAT = "BGR"
     cfg.INPUT.CROP.ENABLED = False
-    random.seed(0)
-    out = build_dataset_mapper(cfg, True)(dict(d))
+    out = build_dataset_mapper(cfg, True)(dict(d), random.Random(0))
     rgb = torch.from_numpy(np.asarray(Image.open(d["file_name"]))).permute(2, 0, 1)
     assert torch.equal(out["image"], rgb.flip(0))
 
@@ -340,8 +336,7 @@ def test_panoptic_mappers_alignment(tmp_path, mapper_name):
     import random
 
     for seed in range(4):
-        random.seed(seed)
-        out = build_dataset_mapper(cfg, True)(dict(d))
+        out = build_dataset_mapper(cfg, True)(dict(d), random.Random(seed))
         inst = out["instances"]
         assert set(inst.gt_classes.tolist()) <= {0, 1}
         dog = (inst.gt_classes == 0).nonzero().flatten()

@@ -12,8 +12,7 @@ from PIL import Image
 
 from mask2former.config import get_cfg
 from mask2former.data import DatasetCatalog, MetadataCatalog, build_dataset_mapper
-from mask2former.data.detection_utils import read_panoptic_png
-from mask2former.synthetic import (
+from mask2former.data.datasets.shapes import (
     SHAPES_CATEGORIES,
     SceneConfig,
     dataset_exists,
@@ -21,6 +20,7 @@ from mask2former.synthetic import (
     generate_split,
     register_bundled_datasets,
 )
+from mask2former.data.detection_utils import read_panoptic_png
 
 SMALL = SceneConfig(height=64, width=80, min_radius=6, max_radius=12)
 

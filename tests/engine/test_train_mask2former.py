@@ -13,10 +13,10 @@ import torch
 
 from mask2former.checkpoint import load_weights, save_weights
 from mask2former.config import get_cfg
+from mask2former.data.datasets.shapes import SceneConfig, generate_split, register_bundled_datasets
 from mask2former.engine import Trainer
 from mask2former.engine.defaults import seed_all_rng
 from mask2former.modeling import build_model
-from mask2former.synthetic import SceneConfig, generate_split, register_bundled_datasets
 from mask2former.utils.testing import TINY_CONFIG, TOOLS
 
 

@@ -32,6 +32,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
+from ..catalog import MetadataCatalog
+from .builtin_meta import instance_metadata, panoptic_metadata
+from .coco import register_coco_instances, register_sem_seg
+from .coco_panoptic import register_coco_panoptic
+
 # (dataset id, name, isthing, colour used for drawing predictions)
 SHAPES_CATEGORIES = [
     (1, "circle", 1, (220, 20, 60)),
@@ -334,11 +339,6 @@ def register_bundled_datasets(root: str, prefix: str = "shapes") -> None:
     {prefix}_sem_seg_{train,val} for the files under `root` (written by `generate_dataset` or
     tools/prepare_shapes_dataset.py). Reads no file; a missing file is reported, with its path,
     when the dataset is first used."""
-    from .data.catalog import MetadataCatalog
-    from .data.datasets.builtin_meta import instance_metadata, panoptic_metadata
-    from .data.datasets.coco import register_coco_instances, register_sem_seg
-    from .data.datasets.coco_panoptic import register_coco_panoptic
-
     for split in ("train", "val"):
         p = _split_paths(root, split)
         register_coco_panoptic(
