@@ -11,7 +11,6 @@ from contextlib import contextmanager
 import torch
 
 from mask2former.utils import dist as dist_utils
-from mask2former.utils.dist import all_gather, is_main_process  # re-exported for the evaluators
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +119,6 @@ def print_csv_format(results: dict) -> None:
 __all__ = [
     "DatasetEvaluator",
     "DatasetEvaluators",
-    "all_gather",
     "inference_on_dataset",
-    "is_main_process",
     "print_csv_format",
 ]
