@@ -199,8 +199,14 @@ def test_input_errors_name_the_argument():
 @pytest.mark.parametrize(
     "spoil,message",
     [
-        (lambda a: a.__setitem__(1, a[1].flip(0)), "level_start_index\\[1\\] = .* but the levels before it hold"),
-        (lambda a: a.__setitem__(1, a[1] * torch.tensor([[1, -1], [1, 1], [1, 1]])), "spatial_shapes\\[0\\] must be positive"),
+        (
+            lambda a: a.__setitem__(1, a[1].flip(0)),
+            "level_start_index\\[1\\] = .* but the levels before it hold",
+        ),
+        (
+            lambda a: a.__setitem__(1, a[1] * torch.tensor([[1, -1], [1, 1], [1, 1]])),
+            "spatial_shapes\\[0\\] must be positive",
+        ),
         (lambda a: a.__setitem__(1, a[1][:2]), "spatial_shapes must be \\[L, 2\\] with L = 3"),
         (lambda a: a.__setitem__(2, a[2].int()), "must be int64"),
         (lambda a: a.__setitem__(0, a[0][:, 1:]), "spatial_shapes cover 56 positions but value has S = 55"),

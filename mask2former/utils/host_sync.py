@@ -33,7 +33,6 @@ _DATA_DEPENDENT = {
     "aten::_unique2",
     "aten::unique_dim",
     "aten::unique_consecutive",
-    "aten::repeat_interleave",
     "aten::is_nonzero",
 }
 # Tensor methods that read values on the host.
@@ -60,7 +59,13 @@ class _CpuSyncMode(TorchDispatchMode):
             bool_index = name in ("aten::index", "aten::index_put", "aten::index_put_") and any(
                 isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())
             )
-            if name in _DATA_DEPENDENT or bool_index:
+            # repeat_interleave with tensor repeats and no output_size must read the repeats
+            data_repeats = name == "aten::repeat_interleave" and func._overloadname in (
+                "Tensor",
+                "self_Tensor",
+            )
+            data_repeats &= kwargs.get("output_size") is None
+            if name in _DATA_DEPENDENT or bool_index or data_repeats:
                 self.counter.events.append(str(func))
         return out
 
@@ -96,7 +101,7 @@ class HostSyncCounter:
             torch.cuda.set_sync_debug_mode("warn")
         elif self.device.type == "cpu":
             self._originals = {name: torch.Tensor.__dict__.get(name) for name in _HOST_READS}
-            for name, original in self._originals.items():
+            for name in self._originals:
                 setattr(torch.Tensor, name, self._counting(name, getattr(torch.Tensor, name)))
             self._mode = _CpuSyncMode(self)
             self._mode.__enter__()

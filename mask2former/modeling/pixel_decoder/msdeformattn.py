@@ -72,7 +72,9 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(value_in).view(b, value_in.shape[1], m, self.d_model // m)  # [B, S, M, D]
         offsets = self.sampling_offsets(query).view(b, q, m, lv, p, 2)
         weights = _short_row_softmax(self.attention_weights(query).view(b, q, m, lv * p)).view(b, q, m, lv, p)
-        normalizer = spatial_shapes.flip(-1).to(offsets.device, offsets.dtype, non_blocking=True)  # [L, 2] (W, H)
+        normalizer = spatial_shapes.flip(-1).to(
+            offsets.device, offsets.dtype, non_blocking=True
+        )  # [L, 2] (W, H)
         locations = (
             reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         )
