@@ -2,14 +2,21 @@
 #   make demo  set up .venv when needed, generate the bundled shapes dataset, train Mask2Former on it
 #              on the CPU, evaluate it (PQ, AP, mIoU) and draw val predictions (tools/main_job.py)
 #   make test  set up .venv when needed, lint, compile-check the CUDA kernels (when nvcc exists) and
-#              run the test suite
+#              run the test suite (which includes the GPU check's dry run, tests/test_gpu_check.py)
+# On a machine with a CUDA GPU (its own python with torch; no venv, no network needed):
+#   make gpu-check      build the CUDA kernels in place, check them and the model on the GPU, time the
+#                       targets (tools/gpu_check.py; GPU_CHECK_ARGS="--out DIR --fixtures DIR")
+#   make gpu-check-dry  the same code paths on the CPU with tiny shapes, in the venv
 
 PYTHON3 ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mask2former-installed
 
-.PHONY: demo test lint setup
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?= --out output/gpu_check
+
+.PHONY: demo test lint setup gpu-check gpu-check-dry
 
 demo: $(STAMP)
 	$(PY) tools/main_job.py
@@ -17,6 +24,12 @@ demo: $(STAMP)
 test: lint
 	PYTHON=$(abspath $(PY)) bash .ci/compile_cuda.sh
 	$(PY) -m pytest -q tests
+
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry: $(STAMP)
+	$(PY) tools/gpu_check.py --dry-run --out output/gpu_check_dry
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

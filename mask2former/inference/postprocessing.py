@@ -1,7 +1,8 @@
 """Turning one image's query predictions into semantic, panoptic and instance results.
 
-Vectorised: each function works on whole tensors and synchronises with the host at most once
-(panoptic: to number the kept segments), unlike a per-query Python loop.
+Vectorised: each function works on whole tensors and synchronises with the host at most once per
+image (panoptic: to number the kept segments; instance: to drop stuff classes), unlike a per-query
+Python loop. No boolean-mask indexing, `bincount` or `.item()` on the device: those synchronise too.
 
 Shape shorthand: Q queries, K classes (K + 1 logits with "no object"), H, W output size.
 """
@@ -50,28 +51,28 @@ def panoptic_inference(
     `object_mask_threshold`. Each pixel goes to the kept query with the highest score * mask
     probability, inside that query's mask (prob >= 0.5). A segment survives when it keeps at least
     `overlap_threshold` of its own mask; all segments of one stuff class share one id."""
-    num_classes = mask_cls.shape[-1] - 1
+    num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
     scores, labels = mask_cls.softmax(-1).max(-1)  # [Q]
-    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], mask_probs[keep]  # [N], [N], [N, H, W]
-    h, w = mask_probs.shape[-2:]
-    n = cur_masks.shape[0]
-    if n == 0:
-        return torch.zeros((h, w), dtype=torch.int32, device=mask_probs.device), []
-    mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # [H, W]
-    foreground = cur_masks >= 0.5  # [N, H, W]
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)  # [Q]
+    # Queries that are not kept take part with a weight of -1, below any kept query's (>= 0): a pixel
+    # goes to the first kept query of highest score * probability, as if the others were removed.
+    weighted = torch.where(keep.view(-1, 1, 1), scores.view(-1, 1, 1) * mask_probs, -1.0)  # [Q, H, W]
+    mask_ids = weighted.argmax(0)  # [H, W]
+    foreground = mask_probs >= 0.5  # [Q, H, W]
     inside = foreground.gather(0, mask_ids[None])[0]  # [H, W]: pixel inside its winner's mask
-    won_area = torch.bincount(mask_ids.flatten(), minlength=n)
+    flat_ids = mask_ids.flatten()
+    won_area = torch.zeros(num_queries, dtype=torch.long, device=mask_ids.device)
+    won_area.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
+    final_area = torch.zeros_like(won_area).scatter_add_(0, flat_ids, inside.flatten().long())
     own_area = foreground.flatten(1).sum(1)
-    final_area = torch.bincount(mask_ids[inside], minlength=n)
-    valid = (won_area > 0) & (own_area > 0) & (final_area > 0)
+    valid = keep & (won_area > 0) & (own_area > 0) & (final_area > 0)
     valid &= won_area.double() >= overlap_threshold * own_area.double()
-    valid_cpu, classes_cpu = valid.cpu().tolist(), cur_classes.cpu().tolist()  # the one host sync
+    valid_cpu, classes_cpu = torch.stack((valid.long(), labels)).cpu().tolist()  # the one host transfer
     is_thing_cpu = is_thing.tolist()
-    segment_of_query = [0] * n
+    segment_of_query = [0] * num_queries
     segments_info: list[dict] = []
     stuff_ids: dict[int, int] = {}
-    for k in range(n):
+    for k in range(num_queries):
         if not valid_cpu[k]:
             continue
         cls, thing = classes_cpu[k], bool(is_thing_cpu[classes_cpu[k]])
@@ -83,7 +84,7 @@ def panoptic_inference(
         if not thing:
             stuff_ids[cls] = segment_id
         segment_of_query[k] = segment_id
-    lut = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_probs.device)
+    lut = torch.tensor(segment_of_query, dtype=torch.int32).to(mask_probs.device, non_blocking=True)
     panoptic_seg = torch.where(inside, lut[mask_ids], 0).to(torch.int32)
     return panoptic_seg, segments_info
 
@@ -99,8 +100,9 @@ def instance_inference(
     """mask_cls [Q, K+1], mask_pred [Q, H, W] logits and mask_probs (their sigmoid) -> the top
     `max_detections` (query, class) pairs as Instances sorted by score: `pred_masks` bool
     [N, H, W], `pred_boxes` (tight boxes of the masks), `scores` (class probability x mean mask
-    probability inside the mask), `pred_classes`. With `is_thing` given (panoptic inference on),
-    stuff classes are dropped.
+    probability inside the mask), `pred_classes`. With `is_thing` bool [K] given (panoptic
+    inference on; best on the CPU, where it is read), stuff classes are dropped: the selected labels
+    are read on the host (the one synchronisation) and the thing pairs picked there.
 
     A query's mask, box and mask score do not depend on the class it is paired with, so they
     are computed once per query and gathered for the selected pairs."""
@@ -111,8 +113,9 @@ def instance_inference(
     labels = top_idx % num_classes
     queries = torch.div(top_idx, num_classes, rounding_mode="floor")
     if is_thing is not None:
-        thing = is_thing[labels]
-        top_scores, labels, queries = top_scores[thing], labels[thing], queries[thing]
+        thing = is_thing.cpu()[labels.cpu()]  # the one host transfer
+        picked = thing.nonzero().view(-1).to(labels.device, non_blocking=True)  # [N]
+        top_scores, labels, queries = top_scores[picked], labels[picked], queries[picked]
     binary = mask_pred > 0  # [Q, H, W]
     inside = binary.flatten(1).to(mask_probs.dtype)  # [Q, H*W], 1.0 inside the mask
     inside_prob = torch.bmm(mask_probs.flatten(1)[:, None], inside[:, :, None]).view(-1)  # [Q]

@@ -109,12 +109,13 @@ def _fake_backward(
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    output_mask: Sequence[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradient metadata: the shapes and dtypes of value, sampling_locations and attention_weights."""
-    return (
-        value.new_empty(value.shape),
-        sampling_locations.new_empty(sampling_locations.shape),
-        attention_weights.new_empty(attention_weights.shape),
+    """Gradient metadata: the shapes and dtypes of value, sampling_locations and attention_weights,
+    or an empty [0] tensor for a gradient that output_mask does not ask for."""
+    return tuple(
+        t.new_empty(t.shape if wanted else (0,))
+        for t, wanted in zip((value, sampling_locations, attention_weights), output_mask)
     )
 
 
@@ -123,10 +124,16 @@ def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
 
 
 def _backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+    """Only the gradients autograd needs are computed (the CUDA kernel skips the value scatter or the
+    per-sample gradients); the others are None."""
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
-    grad_value, grad_locations, grad_weights = torch.ops.mask2former.ms_deform_attn_backward(
-        grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]]
+    if not any(wanted):
+        return None, None, None, None, None
+    grads = torch.ops.mask2former.ms_deform_attn_backward(
+        grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, wanted
     )
+    grad_value, grad_locations, grad_weights = (g if w else None for g, w in zip(grads, wanted))
     return grad_value, None, None, grad_locations, grad_weights
 
 
@@ -251,7 +258,12 @@ def ms_deform_attn(
     """Multi-scale deformable attention: [B, S, M, D] values -> [B, Q, M * D].
 
     The one entry point the model calls; see `ms_deform_attn_reference` for the argument shapes.
-    `spatial_shapes` [L, 2] and `level_start_index` [L] (offset of each level in S) are int64.
+    `spatial_shapes` [L, 2] and `level_start_index` [L] (offset of each level in S) are int64, best on
+    the CPU also for GPU inputs: the compiled op reads and checks them on the host before launching
+    (on a GPU they cost a copy to the host, a synchronisation, on every call).
+    On CUDA the gradient of `value` is scattered with atomic additions, so it varies in the last bits
+    between runs: under `torch.use_deterministic_algorithms(True)` its backward raises (or warns with
+    warn_only=True); the CPU backward is deterministic.
     `impl`: "compiled" (the extension; raises if it has no kernel for the device), "reference" (pure
     PyTorch), or "auto": compiled when available for `value.device`, else the reference with a one-time
     warning that says how to build the op. The compiled op accepts float16 / bfloat16 values with

@@ -151,9 +151,7 @@ class MaskFormer(nn.Module):
                     mask_pred,
                     mask_probs,
                     max_detections=self.test_topk_per_image,
-                    is_thing=self.thing_classes_mask.to(mask_cls.device, non_blocking=True)
-                    if self.panoptic_on
-                    else None,
+                    is_thing=self.thing_classes_mask if self.panoptic_on else None,
                 )
             results.append(r)
         return results

@@ -157,7 +157,10 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.mask2former.ms_deform_attn.default, tuple(inputs))
     grad_output = torch.randn(1, 4, 2 * 3, dtype=torch.float64)
     detached = tuple(t.detach() for t in inputs)
-    torch.library.opcheck(torch.ops.mask2former.ms_deform_attn_backward.default, (grad_output, *detached))
+    for mask in ([True, True, True], [False, True, False]):
+        torch.library.opcheck(
+            torch.ops.mask2former.ms_deform_attn_backward.default, (grad_output, *detached, mask)
+        )
 
 
 @requires_op
@@ -187,6 +190,70 @@ def test_input_errors_name_the_argument():
         compiled(value[:, :-1], shapes, starts, locations, weights)
     with pytest.raises(ValueError, match="impl"):
         ms_deform_attn(value, shapes, starts, locations, weights, impl="cuda")
+
+
+@requires_op
+@pytest.mark.parametrize(
+    "spoil,message",
+    [
+        (
+            lambda a: a.__setitem__(1, a[1].flip(0)),
+            "level_start_index\\[1\\] = .* but the levels before it hold",
+        ),
+        (
+            lambda a: a.__setitem__(1, a[1] * torch.tensor([[1, -1], [1, 1], [1, 1]])),
+            "spatial_shapes\\[0\\] must be positive",
+        ),
+        (lambda a: a.__setitem__(1, a[1][:2]), "spatial_shapes must be \\[L, 2\\] with L = 3"),
+        (lambda a: a.__setitem__(2, a[2].int()), "must be int64"),
+        (lambda a: a.__setitem__(0, a[0][:, 1:]), "spatial_shapes cover 56 positions but value has S = 55"),
+    ],
+)
+def test_inconsistent_levels_are_refused_before_any_kernel(spoil, message):
+    """The levels are checked against value on the host, in the forward and in the backward."""
+    args = list(random_inputs())
+    spoil(args)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.mask2former.ms_deform_attn(*args)
+    grad_output = torch.zeros(2, 9, 10, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.mask2former.ms_deform_attn_backward(grad_output, *args, [True, True, True])
+
+
+@requires_op
+def test_only_the_needed_gradients_are_returned():
+    value, shapes, starts, locations, weights = random_inputs()
+    grad_output = torch.randn(2, 9, 10, dtype=torch.float64)
+    full = torch.ops.mask2former.ms_deform_attn_backward(
+        grad_output, value, shapes, starts, locations, weights, [True, True, True]
+    )
+    part = torch.ops.mask2former.ms_deform_attn_backward(
+        grad_output, value, shapes, starts, locations, weights, [False, True, False]
+    )
+    assert part[0].shape == (0,) and part[2].shape == (0,)
+    torch.testing.assert_close(part[1], full[1], rtol=0, atol=0)
+    # Through autograd: only the inputs that require grad get one.
+    locations.requires_grad_()
+    compiled(value, shapes, starts, locations, weights).backward(grad_output)
+    assert value.grad is None and weights.grad is None
+    torch.testing.assert_close(locations.grad, full[1], rtol=0, atol=0)
+
+
+@requires_op
+def test_cpu_backward_is_deterministic_and_allowed_in_deterministic_mode():
+    """The CPU backward writes each gradient from one thread in a fixed order: bit-identical runs, and
+    no alert under torch.use_deterministic_algorithms(True) (the CUDA backward raises there: its
+    value gradient uses atomics; tools/gpu_check.py checks that on a GPU)."""
+    inputs = random_inputs(dtype=torch.float32, queries=64, channels=16)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = run_with_grads(compiled, inputs)
+        second = run_with_grads(compiled, inputs)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 
 def test_fallback_warns_once_when_the_op_is_missing(monkeypatch):
@@ -223,8 +290,8 @@ def test_cuda_op_matches_float64_cpu_op(dtype, tol, channels):
     loc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     cuda_inputs = (
         value.cuda().to(dtype),
-        shapes.cuda(),
-        starts.cuda(),
+        shapes,
+        starts,
         locations.cuda().to(loc_dtype),
         weights.cuda().to(loc_dtype),
     )
@@ -239,7 +306,8 @@ def test_cuda_op_matches_float64_cpu_op(dtype, tol, channels):
 
 @requires_cuda_op
 def test_cuda_gradcheck_and_opcheck():
-    value, shapes, starts, locations, weights = random_inputs(device="cuda", channels=3)
+    value, _, _, locations, weights = random_inputs(device="cuda", channels=3)
+    _, shapes, starts, _, _ = random_inputs()  # the levels stay on the CPU, as the pixel decoder passes them
     args = [t.requires_grad_() for t in (value, locations, weights)]
 
     def fn(v, loc, w):
@@ -249,6 +317,20 @@ def test_cuda_gradcheck_and_opcheck():
     torch.library.opcheck(
         torch.ops.mask2former.ms_deform_attn.default, (args[0], shapes, starts, args[1], args[2])
     )
+
+
+@requires_cuda_op
+def test_cuda_backward_alerts_in_deterministic_mode():
+    value, shapes, starts, locations, weights = random_inputs(dtype=torch.float32)
+    cuda_value = value.cuda().requires_grad_()
+    out = compiled(cuda_value, shapes, starts, locations.cuda(), weights.cuda())
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="ms_deform_attn_backward_cuda"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 @requires_op

@@ -6,6 +6,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "ms_deform_attn.h"
 
 namespace mask2former {
@@ -18,6 +20,34 @@ void check_floating(const at::Tensor& t, const char* name) {
 }
 
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor> levels_on_host(const at::Tensor& spatial_shapes,
+                                                  const at::Tensor& level_start_index) {
+  if (spatial_shapes.is_cpu() && level_start_index.is_cpu()) {
+    return {spatial_shapes.contiguous(), level_start_index.contiguous()};
+  }
+  TORCH_WARN_ONCE("ms_deform_attn: spatial_shapes (", spatial_shapes.device(), ") and level_start_index (",
+                  level_start_index.device(),
+                  ") are copied to the host on every call to be checked, a synchronisation; pass them on the CPU");
+  return {spatial_shapes.cpu().contiguous(), level_start_index.cpu().contiguous()};
+}
+
+LevelTable make_level_table(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
+  TORCH_CHECK(spatial_shapes.is_cpu() && level_start_index.is_cpu(),
+              "ms_deform_attn: the level table is read from CPU tensors");
+  const int64_t L = spatial_shapes.size(0);
+  TORCH_CHECK(L <= kMaxLevels, "ms_deform_attn: at most ", kMaxLevels, " levels are supported, got ", L);
+  const at::Tensor shapes_c = spatial_shapes.contiguous(), starts_c = level_start_index.contiguous();
+  const auto shapes = shapes_c.accessor<int64_t, 2>();
+  const auto starts = starts_c.accessor<int64_t, 1>();
+  LevelTable table{};
+  for (int64_t l = 0; l < L; ++l) {
+    table.height[l] = shapes[l][0];
+    table.width[l] = shapes[l][1];
+    table.start[l] = starts[l];
+  }
+  return table;
+}
 
 MsdaSizes check_ms_deform_attn_inputs(
     const at::Tensor& value,
@@ -51,20 +81,18 @@ MsdaSizes check_ms_deform_attn_inputs(
   TORCH_CHECK(sampling_locations.device() == value.device() && attention_weights.device() == value.device(),
               "ms_deform_attn: value, sampling_locations and attention_weights must be on one device, got ",
               value.device(), ", ", sampling_locations.device(), ", ", attention_weights.device());
-  // Shapes that live on the host are checked against value; on a GPU that would cost a synchronisation.
-  if (spatial_shapes.is_cpu() && level_start_index.is_cpu()) {
-    const auto shapes = spatial_shapes.accessor<int64_t, 2>();
-    const auto starts = level_start_index.accessor<int64_t, 1>();
-    int64_t total = 0;
-    for (int64_t l = 0; l < n.L; ++l) {
-      TORCH_CHECK(shapes[l][0] > 0 && shapes[l][1] > 0, "ms_deform_attn: spatial_shapes[", l,
-                  "] must be positive, got ", shapes[l][0], "x", shapes[l][1]);
-      TORCH_CHECK(starts[l] == total, "ms_deform_attn: level_start_index[", l, "] = ", starts[l],
-                  " but the levels before it hold ", total, " positions");
-      total += shapes[l][0] * shapes[l][1];
-    }
-    TORCH_CHECK(total == n.S, "ms_deform_attn: spatial_shapes cover ", total, " positions but value has S = ", n.S);
+  const auto [shapes_cpu, starts_cpu] = levels_on_host(spatial_shapes, level_start_index);
+  const auto shapes = shapes_cpu.accessor<int64_t, 2>();
+  const auto starts = starts_cpu.accessor<int64_t, 1>();
+  int64_t total = 0;
+  for (int64_t l = 0; l < n.L; ++l) {
+    TORCH_CHECK(shapes[l][0] > 0 && shapes[l][1] > 0, "ms_deform_attn: spatial_shapes[", l,
+                "] must be positive, got ", shapes[l][0], "x", shapes[l][1]);
+    TORCH_CHECK(starts[l] == total, "ms_deform_attn: level_start_index[", l, "] = ", starts[l],
+                " but the levels before it hold ", total, " positions");
+    total += shapes[l][0] * shapes[l][1];
   }
+  TORCH_CHECK(total == n.S, "ms_deform_attn: spatial_shapes cover ", total, " positions but value has S = ", n.S);
   return n;
 }
 
@@ -86,15 +114,37 @@ MsdaSizes check_ms_deform_attn_backward_inputs(
   return n;
 }
 
+// The CPU kernel computes the three gradients in one pass; unwanted ones are dropped.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu_selected(
+    const at::Tensor& grad_output,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    std::array<bool, 3> output_mask) {
+  auto [grad_value, grad_loc, grad_attn] = ms_deform_attn_backward_cpu(
+      grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  return {output_mask[0] ? grad_value : grad_value.new_empty({0}),
+          output_mask[1] ? grad_loc : grad_loc.new_empty({0}),
+          output_mask[2] ? grad_attn : grad_attn.new_empty({0})};
+}
+
 }  // namespace mask2former
 
 TORCH_LIBRARY(mask2former, m) {
   m.def(
       "ms_deform_attn(Tensor value, Tensor spatial_shapes, Tensor level_start_index, Tensor sampling_locations, "
       "Tensor attention_weights) -> Tensor");
+  // output_mask: which of (grad_value, grad_sampling_locations, grad_attention_weights) are wanted; an unwanted
+  // gradient is returned as an empty tensor (size [0]).
   m.def(
       "ms_deform_attn_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
-      "Tensor sampling_locations, Tensor attention_weights) -> (Tensor, Tensor, Tensor)");
+      "Tensor sampling_locations, Tensor attention_weights, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mask2former, CPU, m) {
+  m.impl("ms_deform_attn_backward", &mask2former::ms_deform_attn_backward_cpu_selected);
 }
 
 extern "C" {

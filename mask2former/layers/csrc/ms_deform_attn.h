@@ -3,6 +3,10 @@
 // Shapes: value [B, S, M, D], spatial_shapes [L, 2] (H_l, W_l), level_start_index [L],
 // sampling_locations [B, Q, M, L, P, 2] normalised (x, y), attention_weights [B, Q, M, L, P],
 // output [B, Q, M * D].
+//
+// spatial_shapes and level_start_index are read on the host (best passed on the CPU: on a GPU they
+// are copied to the host on every call, a synchronisation, with a one-time warning) and checked
+// against value before any kernel runs.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,7 +22,26 @@ struct MsdaSizes {
   int64_t B, S, M, D, Q, L, P;
 };
 
-// Checks ranks, shapes, dtypes and devices (errors name the argument); returns the sizes.
+// At most this many levels (the CUDA kernels take the level table as a kernel argument).
+constexpr int64_t kMaxLevels = 16;
+
+// Sizes and offsets of the levels, read on the host and passed to the CUDA kernels by value.
+struct LevelTable {
+  int64_t height[kMaxLevels];
+  int64_t width[kMaxLevels];
+  int64_t start[kMaxLevels];
+};
+
+// spatial_shapes and level_start_index on the CPU: themselves when they are there, else a copy (a
+// synchronisation, warned about once per process).
+std::tuple<at::Tensor, at::Tensor> levels_on_host(const at::Tensor& spatial_shapes,
+                                                  const at::Tensor& level_start_index);
+
+// The table of checked levels (spatial_shapes and level_start_index on the CPU, at most kMaxLevels).
+LevelTable make_level_table(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index);
+
+// Checks ranks, shapes, dtypes and devices, and the levels against value (errors name the argument);
+// returns the sizes.
 MsdaSizes check_ms_deform_attn_inputs(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,

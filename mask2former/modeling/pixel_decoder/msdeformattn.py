@@ -9,6 +9,7 @@ M heads, P sampling points.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -71,7 +72,9 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(value_in).view(b, value_in.shape[1], m, self.d_model // m)  # [B, S, M, D]
         offsets = self.sampling_offsets(query).view(b, q, m, lv, p, 2)
         weights = _short_row_softmax(self.attention_weights(query).view(b, q, m, lv * p)).view(b, q, m, lv, p)
-        normalizer = spatial_shapes.flip(-1).to(offsets.dtype)  # [L, 2] as (W, H)
+        normalizer = spatial_shapes.flip(-1).to(
+            offsets.device, offsets.dtype, non_blocking=True
+        )  # [L, 2] (W, H)
         locations = (
             reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         )
@@ -157,8 +160,9 @@ class MSDeformAttnEncoder(nn.Module):
             ],
             1,
         )  # [B, S, C]
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)  # [L, 2]
-        level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        # On the CPU, where the op reads and checks them before launching (no device round trip).
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long)  # [L, 2]
+        level_start_index = torch.tensor([0, *itertools.accumulate(h * w for h, w in shapes)][:-1])  # [L]
         reference_points = self.reference_points(shapes, src.shape[0], src.device, src.dtype)
         for layer in self.encoder.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index)

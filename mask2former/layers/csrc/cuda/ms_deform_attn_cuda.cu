@@ -4,9 +4,16 @@
 // Thread layout: a group of G lanes (G a power of two <= 32, so a group never straddles a warp) handles one
 // (batch, query, head); lane j owns the channel chunks [c, c + VEC) with c = j * VEC, j * VEC + G * VEC, ...
 // and moves them with one aligned vector access (16 bytes when D allows, else VEC = 1).
-// Backward: the per-sample gradients of the location and the attention weight are summed over the group with
-// warp shuffles; gradients of value are scattered with atomicAdd into a float32 (float64) buffer.
+// The level table (sizes and offsets) is a kernel argument, read and checked on the host before the launch.
+// Backward: only the requested gradients are computed (output_mask). The per-sample gradients of the location
+// and the attention weight are summed over the group with warp shuffles and written once (deterministic);
+// gradients of value are scattered with atomicAdd, whose order varies between runs (nondeterministic:
+// torch.use_deterministic_algorithms(True) makes it raise). They are accumulated in the value's own dtype for
+// float16 (10-bit mantissa, as PyTorch's grid_sample backward does; no full-size float32 buffer), and in float32
+// for bfloat16, whose 8-bit mantissa would lose about 1% over the tens of contributions a position receives.
 #include <ATen/Dispatch.h>
+#include <ATen/Context.h>
+#include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -15,8 +22,10 @@
 #include <torch/library.h>
 
 #include <climits>
+#include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "../ms_deform_attn.h"
 
@@ -47,10 +56,9 @@ __device__ __forceinline__ acc_t group_sum(acc_t x, int group) {
 
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
-                   const int64_t* __restrict__ starts, const at::opmath_type<scalar_t>* __restrict__ loc,
-                   const at::opmath_type<scalar_t>* __restrict__ attn, scalar_t* __restrict__ out, MsdaSizes n,
-                   int group) {
+    forward_kernel(const scalar_t* __restrict__ value, const LevelTable levels,
+                   const at::opmath_type<scalar_t>* __restrict__ loc, const at::opmath_type<scalar_t>* __restrict__ attn,
+                   scalar_t* __restrict__ out, MsdaSizes n, int group) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t bqm = thread / group;  // (b * Q + q) * M + m
@@ -68,8 +76,8 @@ __global__ void __launch_bounds__(kThreads)
       acc[i] = 0;
     }
     for (int64_t l = 0; l < n.L; ++l) {
-      const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
-      const scalar_t* v_level = value + (b * n.S + starts[l]) * pos_stride + m * n.D + c;
+      const int64_t height = levels.height[l], width = levels.width[l];
+      const scalar_t* v_level = value + (b * n.S + levels.start[l]) * pos_stride + m * n.D + c;
       for (int64_t p = 0; p < n.P; ++p) {
         const int64_t s = (bqm * n.L + l) * n.P + p;
         Bilinear<acc_t> bl;
@@ -100,12 +108,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename scalar_t, int VEC>
+// grad_value (of type grad_t), grad_loc and grad_attn are null when not requested.
+template <typename scalar_t, typename grad_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ value,
-                    const int64_t* __restrict__ shapes, const int64_t* __restrict__ starts,
+    backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ value, const LevelTable levels,
                     const at::opmath_type<scalar_t>* __restrict__ loc, const at::opmath_type<scalar_t>* __restrict__ attn,
-                    at::opmath_type<scalar_t>* __restrict__ grad_value, at::opmath_type<scalar_t>* __restrict__ grad_loc,
+                    grad_t* __restrict__ grad_value, at::opmath_type<scalar_t>* __restrict__ grad_loc,
                     at::opmath_type<scalar_t>* __restrict__ grad_attn, MsdaSizes n, int group) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -116,9 +124,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t m = bqm % n.M;
   const int64_t b = bqm / (n.Q * n.M);
   const int64_t pos_stride = n.M * n.D;
+  const bool sample_grads = grad_loc != nullptr || grad_attn != nullptr;
   for (int64_t l = 0; l < n.L; ++l) {
-    const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
-    const int64_t level_offset = (b * n.S + starts[l]) * pos_stride + m * n.D;
+    const int64_t height = levels.height[l], width = levels.width[l];
+    const int64_t level_offset = (b * n.S + levels.start[l]) * pos_stride + m * n.D;
     for (int64_t p = 0; p < n.P; ++p) {
       const int64_t s = (bqm * n.L + l) * n.P + p;
       const acc_t a = attn[s];
@@ -140,12 +149,19 @@ __global__ void __launch_bounds__(kThreads)
               continue;
             }
             const int64_t offset = level_offset + bl.index[k] * pos_stride + c;
-            const Pack<scalar_t, VEC> v = load_pack<scalar_t, VEC>(value + offset);
-            const acc_t w = a * bl.weight[k];
+            if (sample_grads) {
+              const Pack<scalar_t, VEC> v = load_pack<scalar_t, VEC>(value + offset);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-              dot[k] += g[i] * static_cast<acc_t>(v.v[i]);
-              atomicAdd(grad_value + offset + i, w * g[i]);
+              for (int i = 0; i < VEC; ++i) {
+                dot[k] += g[i] * static_cast<acc_t>(v.v[i]);
+              }
+            }
+            if (grad_value != nullptr) {
+              const acc_t w = a * bl.weight[k];
+#pragma unroll
+              for (int i = 0; i < VEC; ++i) {
+                gpuAtomicAdd(grad_value + offset + i, static_cast<grad_t>(w * g[i]));
+              }
             }
           }
         }
@@ -157,9 +173,13 @@ __global__ void __launch_bounds__(kThreads)
       d_x = group_sum(d_x, group);
       d_y = group_sum(d_y, group);
       if (active && lane == 0) {
-        grad_attn[s] = d_attn;
-        grad_loc[2 * s] = a * d_x;
-        grad_loc[2 * s + 1] = a * d_y;
+        if (grad_attn != nullptr) {
+          grad_attn[s] = d_attn;
+        }
+        if (grad_loc != nullptr) {
+          grad_loc[2 * s] = a * d_x;
+          grad_loc[2 * s + 1] = a * d_y;
+        }
       }
     }
   }
@@ -194,17 +214,18 @@ unsigned int num_blocks(const MsdaSizes& n, int group) {
 }
 
 struct CudaInputs {
-  at::Tensor value, shapes, starts, loc, attn;
+  at::Tensor value, loc, attn;
+  LevelTable levels;
 };
 
-// Contiguous inputs on value's device; locations and weights in the accumulation type.
-CudaInputs prepare(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+// Checked inputs, contiguous, with locations and weights in the accumulation type, and the level table read
+// from the (checked) levels on the host.
+CudaInputs prepare(const at::Tensor& value, const at::Tensor& shapes_cpu, const at::Tensor& starts_cpu,
                    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn: the CUDA kernel got value on ", value.device());
   const at::ScalarType acc_type = at::toOpMathType(value.scalar_type());
-  return {value.contiguous(), spatial_shapes.to(value.device()).contiguous(),
-          level_start_index.to(value.device()).contiguous(), sampling_locations.to(acc_type).contiguous(),
-          attention_weights.to(acc_type).contiguous()};
+  return {value.contiguous(), sampling_locations.to(acc_type).contiguous(), attention_weights.to(acc_type).contiguous(),
+          make_level_table(shapes_cpu, starts_cpu)};
 }
 
 }  // namespace
@@ -215,10 +236,11 @@ at::Tensor ms_deform_attn_forward_cuda(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
-  const MsdaSizes n =
-      check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  // The levels are read and checked on the host before anything is launched.
+  const auto [shapes_cpu, starts_cpu] = levels_on_host(spatial_shapes, level_start_index);
+  const MsdaSizes n = check_ms_deform_attn_inputs(value, shapes_cpu, starts_cpu, sampling_locations, attention_weights);
   const c10::cuda::CUDAGuard device_guard(value.device());
-  const CudaInputs in = prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const CudaInputs in = prepare(value, shapes_cpu, starts_cpu, sampling_locations, attention_weights);
   at::Tensor out = at::empty({n.B, n.Q, n.M * n.D}, value.options());
   if (out.numel() == 0) {
     return out;
@@ -228,17 +250,15 @@ at::Tensor ms_deform_attn_forward_cuda(
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int kVec = 16 / sizeof(scalar_t);
     const scalar_t* v = in.value.const_data_ptr<scalar_t>();
-    const int64_t* shapes = in.shapes.const_data_ptr<int64_t>();
-    const int64_t* starts = in.starts.const_data_ptr<int64_t>();
     const acc_t* loc = in.loc.const_data_ptr<acc_t>();
     const acc_t* attn = in.attn.const_data_ptr<acc_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (use_vectors<scalar_t>(n.D, {v, o})) {
       const int group = group_size(n.D, kVec);
-      forward_kernel<scalar_t, kVec><<<num_blocks(n, group), kThreads, 0, stream>>>(v, shapes, starts, loc, attn, o, n, group);
+      forward_kernel<scalar_t, kVec><<<num_blocks(n, group), kThreads, 0, stream>>>(v, in.levels, loc, attn, o, n, group);
     } else {
       const int group = group_size(n.D, 1);
-      forward_kernel<scalar_t, 1><<<num_blocks(n, group), kThreads, 0, stream>>>(v, shapes, starts, loc, attn, o, n, group);
+      forward_kernel<scalar_t, 1><<<num_blocks(n, group), kThreads, 0, stream>>>(v, in.levels, loc, attn, o, n, group);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -251,45 +271,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
-  const MsdaSizes n = check_ms_deform_attn_backward_inputs(grad_output, value, spatial_shapes, level_start_index,
+    const at::Tensor& attention_weights,
+    std::array<bool, 3> output_mask) {
+  const auto [shapes_cpu, starts_cpu] = levels_on_host(spatial_shapes, level_start_index);
+  const MsdaSizes n = check_ms_deform_attn_backward_inputs(grad_output, value, shapes_cpu, starts_cpu,
                                                            sampling_locations, attention_weights);
   const c10::cuda::CUDAGuard device_guard(value.device());
-  const CudaInputs in = prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const CudaInputs in = prepare(value, shapes_cpu, starts_cpu, sampling_locations, attention_weights);
+  if (output_mask[0]) {
+    at::globalContext().alertNotDeterministic("ms_deform_attn_backward_cuda (gradient of value)");
+  }
   const at::Tensor go = grad_output.to(value.scalar_type()).contiguous();
   const auto acc_options = value.options().dtype(at::toOpMathType(value.scalar_type()));
-  at::Tensor grad_value = at::zeros(value.sizes(), acc_options);
-  at::Tensor grad_loc = at::zeros(sampling_locations.sizes(), acc_options);
-  at::Tensor grad_attn = at::zeros(attention_weights.sizes(), acc_options);
-  if (n.B * n.Q * n.M > 0) {
+  // float16 accumulates in place; bfloat16 (and float32, float64) in the accumulation type.
+  const auto grad_value_options = value.scalar_type() == at::kHalf ? value.options() : acc_options;
+  const auto empty = [&](const at::Tensor& like) { return at::empty({0}, like.options()); };
+  at::Tensor grad_value = output_mask[0] ? at::zeros(value.sizes(), grad_value_options) : empty(value);
+  at::Tensor grad_loc = output_mask[1] ? at::zeros(sampling_locations.sizes(), acc_options) : empty(sampling_locations);
+  at::Tensor grad_attn = output_mask[2] ? at::zeros(attention_weights.sizes(), acc_options) : empty(attention_weights);
+  if (n.B * n.Q * n.M > 0 && (output_mask[0] || output_mask[1] || output_mask[2])) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
+          using grad_t = std::conditional_t<std::is_same_v<scalar_t, at::Half>, at::Half, acc_t>;
           constexpr int kVec = 16 / sizeof(scalar_t);
           const scalar_t* g = go.const_data_ptr<scalar_t>();
           const scalar_t* v = in.value.const_data_ptr<scalar_t>();
-          const int64_t* shapes = in.shapes.const_data_ptr<int64_t>();
-          const int64_t* starts = in.starts.const_data_ptr<int64_t>();
           const acc_t* loc = in.loc.const_data_ptr<acc_t>();
           const acc_t* attn = in.attn.const_data_ptr<acc_t>();
-          acc_t* gv = grad_value.mutable_data_ptr<acc_t>();
-          acc_t* gl = grad_loc.mutable_data_ptr<acc_t>();
-          acc_t* ga = grad_attn.mutable_data_ptr<acc_t>();
+          grad_t* gv = output_mask[0] ? grad_value.mutable_data_ptr<grad_t>() : nullptr;
+          acc_t* gl = output_mask[1] ? grad_loc.mutable_data_ptr<acc_t>() : nullptr;
+          acc_t* ga = output_mask[2] ? grad_attn.mutable_data_ptr<acc_t>() : nullptr;
           if (use_vectors<scalar_t>(n.D, {g, v})) {
             const int group = group_size(n.D, kVec);
-            backward_kernel<scalar_t, kVec><<<num_blocks(n, group), kThreads, 0, stream>>>(
-                g, v, shapes, starts, loc, attn, gv, gl, ga, n, group);
+            backward_kernel<scalar_t, grad_t, kVec><<<num_blocks(n, group), kThreads, 0, stream>>>(
+                g, v, in.levels, loc, attn, gv, gl, ga, n, group);
           } else {
             const int group = group_size(n.D, 1);
-            backward_kernel<scalar_t, 1><<<num_blocks(n, group), kThreads, 0, stream>>>(
-                g, v, shapes, starts, loc, attn, gv, gl, ga, n, group);
+            backward_kernel<scalar_t, grad_t, 1><<<num_blocks(n, group), kThreads, 0, stream>>>(
+                g, v, in.levels, loc, attn, gv, gl, ga, n, group);
           }
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   }
-  return {grad_value.to(value.scalar_type()), grad_loc.to(sampling_locations.scalar_type()),
-          grad_attn.to(attention_weights.scalar_type())};
+  return {output_mask[0] ? grad_value.to(value.scalar_type()) : grad_value,
+          output_mask[1] ? grad_loc.to(sampling_locations.scalar_type()) : grad_loc,
+          output_mask[2] ? grad_attn.to(attention_weights.scalar_type()) : grad_attn};
 }
 
 }  // namespace mask2former
