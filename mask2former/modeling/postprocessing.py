@@ -30,8 +30,10 @@ def sem_seg_postprocess(
 def semantic_inference(mask_cls: Tensor, mask_probs: Tensor) -> Tensor:
     """mask_cls [Q, K+1] logits, mask_probs [Q, H, W] (sigmoid of the mask logits) -> per-class
     scores [K, H, W]."""
-    probs = mask_cls.softmax(-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_probs)
+    probs = mask_cls.softmax(-1)[..., :-1]  # [Q, K]
+    q, h, w = mask_probs.shape
+    # One [K, Q] x [Q, H*W] matmul; einsum would pick a batched matmul over transposed operands.
+    return torch.mm(probs.t(), mask_probs.reshape(q, h * w)).view(-1, h, w)
 
 
 def panoptic_inference(
@@ -58,8 +60,8 @@ def panoptic_inference(
     n = cur_masks.shape[0]
     if n == 0:
         return torch.zeros((h, w), dtype=torch.int32, device=mask_probs.device), []
-    mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # [H, W]
     foreground = cur_masks >= 0.5  # [N, H, W]
+    mask_ids = cur_masks.mul_(cur_scores.view(-1, 1, 1)).argmax(0)  # [H, W]; cur_masks is a copy
     inside = foreground.gather(0, mask_ids[None])[0]  # [H, W]: pixel inside its winner's mask
     won_area = torch.bincount(mask_ids.flatten(), minlength=n)
     own_area = foreground.flatten(1).sum(1)
@@ -90,13 +92,14 @@ def panoptic_inference(
 
 def instance_inference(
     mask_cls: Tensor,
-    mask_pred: Tensor,
+    binary: Tensor,
     mask_probs: Tensor,
     *,
     max_detections: int,
     is_thing: Tensor | None,
 ) -> Instances:
-    """mask_cls [Q, K+1], mask_pred [Q, H, W] logits and mask_probs (their sigmoid) -> the top
+    """mask_cls [Q, K+1], binary masks bool [Q, H, W] (mask logits > 0) and mask_probs [Q, H, W]
+    (the sigmoid of the logits) -> the top
     `max_detections` (query, class) pairs as Instances sorted by score: `pred_masks` bool
     [N, H, W], `pred_boxes` (tight boxes of the masks), `scores` (class probability x mean mask
     probability inside the mask), `pred_classes`. With `is_thing` given (panoptic inference on),
@@ -113,17 +116,17 @@ def instance_inference(
     if is_thing is not None:
         thing = is_thing[labels]
         top_scores, labels, queries = top_scores[thing], labels[thing], queries[thing]
-    binary = mask_pred > 0  # [Q, H, W]
-    inside = binary.flatten(1).to(mask_probs.dtype)  # [Q, H*W], 1.0 inside the mask
-    inside_prob = torch.bmm(mask_probs.flatten(1)[:, None], inside[:, :, None]).view(-1)  # [Q]
-    mask_scores = inside_prob / (inside.sum(1) + 1e-6)  # [Q]
+    inside_prob = torch.where(binary, mask_probs, 0).flatten(1).sum(1)  # [Q]
+    # Pixel counts: summing the bytes in int32 is several times faster than a bool sum (int64).
+    area = binary.flatten(1).view(torch.uint8).sum(1, dtype=torch.int32)  # [Q]
+    mask_scores = inside_prob / (area + 1e-6)  # [Q]
     boxes = Boxes.from_masks(binary).tensor  # [Q, 4]
     scores = top_scores * mask_scores[queries]
     order = scores.argsort(descending=True)
     queries = queries[order]
     return Instances(
-        tuple(mask_pred.shape[-2:]),
-        pred_masks=binary[queries],
+        tuple(binary.shape[-2:]),
+        pred_masks=binary.index_select(0, queries),
         pred_boxes=Boxes(boxes[queries]),
         scores=scores[order],
         pred_classes=labels[order],
