@@ -63,4 +63,6 @@ def test_bfloat16_inference_keeps_pq_ap_miou_within_budget(trained):
     # A model that learned something, so that the comparison means something.
     assert fp32[("panoptic_seg", "PQ")] > 20 and fp32[("sem_seg", "mIoU")] > 30, fp32
     for key, budget in BUDGET.items():
-        assert abs(bf16[key] - fp32[key]) <= budget, f"{key}: float32 {fp32[key]:.2f}, bfloat16 {bf16[key]:.2f}"
+        assert abs(bf16[key] - fp32[key]) <= budget, (
+            f"{key}: float32 {fp32[key]:.2f}, bfloat16 {bf16[key]:.2f}"
+        )
