@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .weight_cache import inference_weights, preparing_weights_allowed
+
 __all__ = ["Linear", "linear"]
 
 _ACTIVATIONS = ("none", "relu")
@@ -26,11 +28,8 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
+        and preparing_weights_allowed()  # no gradient, tracing, exporting or compiling
         and torch.backends.mkldnn.is_available()
     )
 
@@ -47,7 +46,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) computed by `linear`, with an optional fused ReLU."""
+    """nn.Linear (same parameters and names) computed by `linear`, with an optional fused ReLU. Under
+    autocast at inference the weights are kept in the autocast dtype (cast once, again when they change)."""
 
     def forward(self, x: Tensor, activation: str = "none") -> Tensor:
-        return linear(x, self.weight, self.bias, activation)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type) and preparing_weights_allowed():
+            dtype = torch.get_autocast_dtype(x.device.type)
+            weight, bias = inference_weights(
+                self,
+                [self.weight, self.bias],
+                dtype,
+                lambda: (self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype)),
+            )
+        return linear(x, weight, bias, activation)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batch_norm import FrozenBatchNorm2d
+from .weight_cache import inference_weights, preparing_weights_allowed
 
 _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "BN": nn.BatchNorm2d,
@@ -34,9 +35,10 @@ class Conv2d(nn.Conv2d):
     """nn.Conv2d followed by `norm` and `activation` when given.
 
     At inference (no gradient; not tracing, exporting or compiling) a batch norm with fixed statistics
-    is folded into the convolution: weight * scale and bias - mean * scale, scale = gamma / sqrt(var + eps),
-    computed once and kept until a parameter or statistic changes (in the autocast dtype under autocast, so
-    that the weight is not cast on every call). Results agree with conv-then-norm to rounding."""
+    is folded into the convolution (weight * scale, bias - mean * scale with scale = gamma / sqrt(var +
+    eps)), and under autocast the weights are kept in the autocast dtype, so that they are not cast on
+    every call; both are prepared once and redone when a parameter or statistic changes. Results agree
+    with conv-then-norm to rounding."""
 
     def __init__(
         self,
@@ -48,12 +50,16 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.norm = norm
         self.activation = activation
-        self._folded: tuple[tuple, Tensor, Tensor] | None = None  # (key, weight, bias), not saved
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._can_fold(x):
-            weight, bias = self._folded_weight_and_bias(x)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        fold = self._has_fixed_batch_norm()
+        if preparing_weights_allowed() and (fold or autocast):
+            dtype = torch.get_autocast_dtype(x.device.type) if autocast else self.weight.dtype
+            weight, bias = self._inference_weight_and_bias(dtype, fold)
             x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            if self.norm is not None and not fold:
+                x = self.norm(x)
         else:
             x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
             if self.norm is not None:
@@ -62,33 +68,21 @@ class Conv2d(nn.Conv2d):
             x = self.activation(x)
         return x
 
-    def _can_fold(self, x: Tensor) -> bool:
+    def _has_fixed_batch_norm(self) -> bool:
         norm = self.norm
-        fixed_stats = isinstance(norm, FrozenBatchNorm2d) or (
+        return isinstance(norm, FrozenBatchNorm2d) or (
             isinstance(norm, nn.BatchNorm2d | nn.SyncBatchNorm)
             and not norm.training
             and norm.running_mean is not None
         )
-        return (
-            fixed_stats
-            and not torch.is_grad_enabled()
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting()
-        )
 
-    def _folded_weight_and_bias(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _inference_weight_and_bias(self, dtype: torch.dtype, fold: bool) -> tuple[Tensor, Tensor | None]:
         norm = self.norm
-        tensors = [
-            t
-            for t in (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
-            if t is not None
-        ]
-        autocast = torch.is_autocast_enabled(x.device.type)
-        dtype = torch.get_autocast_dtype(x.device.type) if autocast else self.weight.dtype
-        key = (dtype, norm.eps, *((t.data_ptr(), t._version) for t in tensors))
-        if self._folded is None or self._folded[0] != key:
-            with torch.autocast(x.device.type, enabled=False):
+
+        def make() -> tuple[Tensor, Tensor | None]:
+            if not fold:
+                return self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype)
+            with torch.autocast(self.weight.device.type, enabled=False):
                 scale = torch.rsqrt(norm.running_var.float() + norm.eps)  # [C_out]
                 if norm.weight is not None:
                     scale = scale * norm.weight.float()
@@ -98,8 +92,12 @@ class Conv2d(nn.Conv2d):
                 if self.bias is not None:
                     shift = shift + self.bias.float() * scale
                 weight = self.weight.float() * scale.view(-1, 1, 1, 1)  # keeps the weight's memory format
-            self._folded = (key, weight.to(dtype), shift.to(dtype))
-        return self._folded[1], self._folded[2]
+            return weight.to(dtype), shift.to(dtype)
+
+        sources = [self.weight, self.bias]
+        if fold:
+            sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        return inference_weights(self, sources, dtype if not fold else (dtype, norm.eps), make)
 
 
 def c2_msra_fill(module: nn.Module) -> None:
