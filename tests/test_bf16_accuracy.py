@@ -42,9 +42,14 @@ def trained(tmp_path_factory):
         ]
     )  # fmt: skip
     seed_all_rng(0)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops this small gain nothing from a second thread, and lose on a busy machine
+    try:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
     return cfg, trainer.checkpointer.model
 
 
