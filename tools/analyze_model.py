@@ -46,6 +46,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--input", default="", help="an image file resized to the input size (default: random pixels)"
     )
     p.add_argument("--weights", default="", help="weights to load (default: none, random weights)")
+    p.add_argument("--device", default="cpu", help="device the model is built on (default: cpu)")
     p.add_argument("--max-depth", type=int, default=3, help="depth of the module tables (default: 3)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
@@ -63,6 +64,7 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.COMPILE = False  # tracing runs the eager modules
+    cfg.MODEL.DEVICE = args.device
     cfg.MODEL.WEIGHTS = ""
     torch.manual_seed(0)
     model = build_model(cfg).eval()
