@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batch_norm import FrozenBatchNorm2d
+from .weight_cache import inference_weights, preparing_weights_allowed
 
 _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "BN": nn.BatchNorm2d,
@@ -30,7 +32,13 @@ def get_norm(norm: str, channels: int) -> nn.Module | None:
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d followed by `norm` and `activation` when given."""
+    """nn.Conv2d followed by `norm` and `activation` when given.
+
+    At inference (no gradient; not tracing, exporting or compiling) a batch norm with fixed statistics
+    is folded into the convolution (weight * scale, bias - mean * scale with scale = gamma / sqrt(var +
+    eps)), and under autocast the weights are kept in the autocast dtype, so that they are not cast on
+    every call; both are prepared once and redone when a parameter or statistic changes. Results agree
+    with conv-then-norm to rounding."""
 
     def __init__(
         self,
@@ -44,12 +52,52 @@ class Conv2d(nn.Conv2d):
         self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.norm is not None:
-            x = self.norm(x)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        fold = self._has_fixed_batch_norm()
+        if preparing_weights_allowed() and (fold or autocast):
+            dtype = torch.get_autocast_dtype(x.device.type) if autocast else self.weight.dtype
+            weight, bias = self._inference_weight_and_bias(dtype, fold)
+            x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            if self.norm is not None and not fold:
+                x = self.norm(x)
+        else:
+            x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            if self.norm is not None:
+                x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+    def _has_fixed_batch_norm(self) -> bool:
+        norm = self.norm
+        return isinstance(norm, FrozenBatchNorm2d) or (
+            isinstance(norm, nn.BatchNorm2d | nn.SyncBatchNorm)
+            and not norm.training
+            and norm.running_mean is not None
+        )
+
+    def _inference_weight_and_bias(self, dtype: torch.dtype, fold: bool) -> tuple[Tensor, Tensor | None]:
+        norm = self.norm
+
+        def make() -> tuple[Tensor, Tensor | None]:
+            if not fold:
+                return self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype)
+            with torch.autocast(self.weight.device.type, enabled=False):
+                scale = torch.rsqrt(norm.running_var.float() + norm.eps)  # [C_out]
+                if norm.weight is not None:
+                    scale = scale * norm.weight.float()
+                shift = -norm.running_mean.float() * scale
+                if norm.bias is not None:
+                    shift = shift + norm.bias.float()
+                if self.bias is not None:
+                    shift = shift + self.bias.float() * scale
+                weight = self.weight.float() * scale.view(-1, 1, 1, 1)  # keeps the weight's memory format
+            return weight.to(dtype), shift.to(dtype)
+
+        sources = [self.weight, self.bias]
+        if fold:
+            sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        return inference_weights(self, sources, dtype if not fold else (dtype, norm.eps), make)
 
 
 def c2_msra_fill(module: nn.Module) -> None:

@@ -131,7 +131,9 @@ class MaskFormer(nn.Module):
             r = {}
             if self.sem_seg_postprocess_before_inference:
                 mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
-            mask_probs = mask_pred.sigmoid()  # [Q, H, W], shared by the three inferences
+            binary = mask_pred > 0 if self.instance_on else None  # [Q, H, W], before the in-place sigmoid
+            # [Q, H, W], shared by the three inferences; in place: mask_pred is this method's own tensor
+            mask_probs = mask_pred.sigmoid_()
             if self.semantic_on:
                 sem_seg = semantic_inference(mask_cls, mask_probs)
                 if not self.sem_seg_postprocess_before_inference:
@@ -148,7 +150,7 @@ class MaskFormer(nn.Module):
             if self.instance_on:
                 r["instances"] = instance_inference(
                     mask_cls,
-                    mask_pred,
+                    binary,
                     mask_probs,
                     max_detections=self.test_topk_per_image,
                     is_thing=self.thing_classes_mask if self.panoptic_on else None,

@@ -48,7 +48,7 @@ def test_instance_inference_synchronises_at_most_once(is_thing_on):
         counter.host(is_thing)
         instances = instance_inference(
             mask_cls,
-            mask_pred,
+            mask_pred > 0,
             mask_pred.sigmoid(),
             max_detections=20,
             is_thing=is_thing if is_thing_on else None,

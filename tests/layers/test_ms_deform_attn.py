@@ -150,6 +150,26 @@ def test_cpu_reduced_precision_with_float32_locations(dtype, tol):
 
 
 @requires_op
+@pytest.mark.parametrize("channels", [16, 32, 48, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_forward_vector_widths_match_float64(dtype, channels):
+    """D a multiple of 16 takes the AVX-512 forward where the CPU has it (1-4 registers per head): the
+    result equals the float64 op on the same (rounded) values, rounded once to the value's dtype."""
+    value, shapes, starts, locations, weights = random_inputs(
+        levels=((9, 13), (5, 7), (3, 4)), queries=37, heads=3, channels=channels, points=4
+    )
+    value_low = value.to(dtype)
+    got = compiled(value_low, shapes, starts, locations.float(), weights.float())
+    expected = compiled(
+        value_low.double(), shapes, starts, locations.float().double(), weights.float().double()
+    )
+    assert got.dtype == dtype
+    # float32 accumulation, then one rounding to the output dtype (bfloat16: 8 bits of mantissa)
+    tol = 1e-5 if dtype == torch.float32 else 2**-8
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+@requires_op
 def test_opcheck():
     inputs = list(random_inputs(batch=1, queries=4, channels=3))
     for i in (0, 3, 4):

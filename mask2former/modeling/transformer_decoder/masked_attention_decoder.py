@@ -15,8 +15,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...layers import PositionEmbeddingSine, c2_xavier_fill
+from ...layers import Linear, PositionEmbeddingSine, c2_xavier_fill, linear
 from ..registry import TRANSFORMER_DECODER_REGISTRY
+
+
+def multi_head_attention(
+    mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None
+) -> Tensor:
+    """What `mha(query, key, value, attn_mask=attn_mask, need_weights=False)[0]` computes, with the
+    projections through `linear` (oneDNN in float32 CPU inference) and one SDPA call.
+    query [Lq, B, C], key/value [Lk, B, C], attn_mask bool [B*M, Lq, Lk] (True = blocked) -> [Lq, B, C]"""
+    lq, b, c = query.shape
+    lk, m = key.shape[0], mha.num_heads
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+    q = linear(query, w_q, b_q).view(lq, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lq, D]
+    k = linear(key, w_k, b_k).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
+    v = linear(value, w_v, b_v).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
+    allowed = None if attn_mask is None else ~attn_mask.view(b, m, lq, lk)
+    dropout = mha.dropout if mha.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)  # [B, M, Lq, D]
+    return linear(out.permute(2, 0, 1, 3).reshape(lq, b, c), mha.out_proj.weight, mha.out_proj.bias)
 
 
 class SelfAttentionLayer(nn.Module):
@@ -33,7 +52,7 @@ class SelfAttentionLayer(nn.Module):
     def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = x + query_pos
-        out = tgt + self.dropout(self.self_attn(q, k, value=x, need_weights=False)[0])
+        out = tgt + self.dropout(multi_head_attention(self.self_attn, q, k, x))
         return out if self.normalize_before else self.norm(out)
 
 
@@ -53,9 +72,7 @@ class CrossAttentionLayer(nn.Module):
     ) -> Tensor:
         """tgt [Q, B, C], memory/pos [HW, B, C], attn_mask bool [B*M, Q, HW] (True = blocked)"""
         x = self.norm(tgt) if self.normalize_before else tgt
-        attn = self.multihead_attn(
-            query=x + query_pos, key=memory + pos, value=memory, attn_mask=attn_mask, need_weights=False
-        )[0]
+        attn = multi_head_attention(self.multihead_attn, x + query_pos, memory + pos, memory, attn_mask)
         out = tgt + self.dropout(attn)
         return out if self.normalize_before else self.norm(out)
 
@@ -67,16 +84,16 @@ class FFNLayer(nn.Module):
         self, d_model: int, dim_feedforward: int = 2048, dropout: float = 0.0, normalize_before: bool = False
     ):
         super().__init__()
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear1 = Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.normalize_before = normalize_before
         _xavier(self)
 
     def forward(self, tgt: Tensor) -> Tensor:
         x = self.norm(tgt) if self.normalize_before else tgt
-        out = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        out = tgt + self.dropout(self.linear2(self.dropout(self.linear1(x, activation="relu"))))
         return out if self.normalize_before else self.norm(out)
 
 
@@ -92,11 +109,11 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+        self.layers = nn.ModuleList(Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
+            x = layer(x, activation="relu" if i < len(self.layers) - 1 else "none")
         return x
 
 
@@ -150,7 +167,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 self.input_proj.append(proj)
             else:
                 self.input_proj.append(nn.Identity())
-        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.class_embed = Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     def forward(

@@ -1,0 +1,62 @@
+"""Linear layers that run on oneDNN in float32 CPU inference.
+
+PyTorch sends float32 `F.linear` on the CPU to MKL's sgemm, which on some CPUs (AMD's, where MKL
+takes a generic code path) runs at less than half the speed of oneDNN's kernels, and adds the bias
+in a separate pass. `linear` calls oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, the op
+PyTorch's own compiler uses for CPU linears) with the bias and an optional ReLU fused, where nothing
+else needs `F.linear`: float32 CPU tensors, no gradient, no autocast (autocast already sends bfloat16
+linears to oneDNN), not while tracing or exporting (those record the portable `aten::linear`) and not
+under torch.compile (whose lowering of the oneDNN op wants the weights frozen into the graph).
+Results agree with `F.linear` to float32 rounding (a different summation order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .weight_cache import inference_weights, preparing_weights_allowed
+
+__all__ = ["Linear", "linear"]
+
+_ACTIVATIONS = ("none", "relu")
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and preparing_weights_allowed()  # no gradient, tracing, exporting or compiling
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
+    """x [..., C_in], weight [C_out, C_in], bias [C_out] -> activation(x weight^T + bias) [..., C_out];
+    `activation` is "none" or "relu"."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"linear: activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    if _use_onednn(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
+    y = F.linear(x, weight, bias)
+    return F.relu(y) if activation == "relu" else y
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and names) computed by `linear`, with an optional fused ReLU. Under
+    autocast at inference the weights are kept in the autocast dtype (cast once, again when they change)."""
+
+    def forward(self, x: Tensor, activation: str = "none") -> Tensor:
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type) and preparing_weights_allowed():
+            dtype = torch.get_autocast_dtype(x.device.type)
+            weight, bias = inference_weights(
+                self,
+                [self.weight, self.bias],
+                dtype,
+                lambda: (self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype)),
+            )
+        return linear(x, weight, bias, activation)

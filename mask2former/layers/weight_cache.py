@@ -1,0 +1,34 @@
+"""Weights prepared once for inference (folded, cast to the autocast dtype) and kept until they change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["inference_weights", "preparing_weights_allowed"]
+
+
+def preparing_weights_allowed() -> bool:
+    """Prepared weights are plain tensors outside autograd and outside any graph: use them only without
+    gradients and when nothing traces, exports or compiles the model."""
+    return (
+        not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+    )
+
+
+def inference_weights(
+    module: nn.Module, sources: Sequence[Tensor | None], dtype: torch.dtype, make: Callable[[], tuple]
+) -> tuple:
+    """`make()` (tensors derived from `sources` in `dtype`), cached on `module` until a source tensor is
+    replaced or changed in place (its storage or version counter moves) or `dtype` changes."""
+    key = (dtype, *((t.data_ptr(), t._version) if t is not None else None for t in sources))
+    cached = module.__dict__.get("_inference_weights")
+    if cached is None or cached[0] != key:
+        cached = (key, make())
+        module.__dict__["_inference_weights"] = cached  # a plain attribute: not saved, not a buffer
+    return cached[1]
