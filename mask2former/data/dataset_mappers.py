@@ -151,6 +151,12 @@ class _TrainMapper:
             raise ValueError(
                 f"{type(self).__name__} is a training mapper; use InferenceDatasetMapper for evaluation"
             )
+        if cfg.INPUT.MASK_FORMAT not in ("polygon", "bitmask"):
+            # Polygon and RLE annotations are both rasterised to bit masks here (as the
+            # original's mappers do), so either value gives the same targets.
+            raise ValueError(
+                f"INPUT.MASK_FORMAT must be 'polygon' or 'bitmask', got {cfg.INPUT.MASK_FORMAT!r}"
+            )
         self.is_train = is_train
         self.image_format = cfg.INPUT.FORMAT
         self.ignore_label = _ignore_label(cfg)
