@@ -82,8 +82,21 @@ def _exercise_everything(shapes, tmp_path) -> set[str]:
     data = ["DATASETS.TRAIN", ("keys_shapes_train_panoptic",), "DATASETS.TEST", ("keys_shapes_val_panoptic",)]
     # one training iteration, then the evaluation with test-time augmentation, from the command line's set-up
     cfg = recording(
-        _tiny(*data, "SOLVER.MAX_ITER", 1, "OUTPUT_DIR", str(tmp_path / "run"), "TEST.AUG.ENABLED", True,
-              "TEST.AUG.MIN_SIZES", (48, 64), "TEST.AUG.MAX_SIZE", 128, "TEST.EVAL_PERIOD", 1)  # fmt: skip
+        _tiny(
+            *data,
+            "SOLVER.MAX_ITER",
+            1,
+            "OUTPUT_DIR",
+            str(tmp_path / "run"),
+            "TEST.AUG.ENABLED",
+            True,
+            "TEST.AUG.MIN_SIZES",
+            (48, 64),
+            "TEST.AUG.MAX_SIZE",
+            128,
+            "TEST.EVAL_PERIOD",
+            1,
+        )
     )
     default_setup(cfg, argparse.Namespace(config_file="", eval_only=False))
     trainer = Trainer(cfg)
@@ -183,8 +196,17 @@ def test_train_net_prints_the_ignoring_notice_once(tmp_path):
     path = tmp_path / "d2.yaml"
     path.write_text(f"_BASE_: {__import__('os').path.abspath(TINY)}\nMODEL:\n  RPN:\n    HEAD_NAME: X\n")
     out = subprocess.run(
-        [sys.executable, "tools/train_net.py", "--config-file", str(path), "--eval-only",
-         "MODEL.ROI_HEADS.NUM_CLASSES", "3", "OUTPUT_DIR", str(tmp_path / "o")],  # fmt: skip
+        [
+            sys.executable,
+            "tools/train_net.py",
+            "--config-file",
+            str(path),
+            "--eval-only",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "3",
+            "OUTPUT_DIR",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -199,14 +221,18 @@ def test_train_net_prints_the_ignoring_notice_once(tmp_path):
 
 
 def test_deep_supervision_false_computes_only_the_last_layer(shapes):
-    cfg = _tiny("MODEL.MASK_FORMER.DEEP_SUPERVISION", False, "DATASETS.TRAIN", ("keys_shapes_train_panoptic",))
+    cfg = _tiny(
+        "MODEL.MASK_FORMER.DEEP_SUPERVISION", False, "DATASETS.TRAIN", ("keys_shapes_train_panoptic",)
+    )
     model = build_model(cfg).train()
     calls = []
     model.sem_seg_head.predictor.class_embed.register_forward_hook(lambda *a: calls.append(1))
     image = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
     from mask2former.structures import Instances
 
-    inst = Instances((64, 64), gt_classes=torch.tensor([0]), gt_masks=torch.zeros(1, 64, 64, dtype=torch.bool))
+    inst = Instances(
+        (64, 64), gt_classes=torch.tensor([0]), gt_masks=torch.zeros(1, 64, 64, dtype=torch.bool)
+    )
     inst.gt_masks[0, 10:30, 10:30] = True
     losses = model([{"image": image, "instances": inst}])
     assert sorted(losses) == ["loss_ce", "loss_dice", "loss_mask"]
