@@ -396,8 +396,9 @@ MODEL_ZOO: tuple[ZooEntry, ...] = (
         {"PQ": 45.5, "mIoU": 60.8},
         "https://dl.fbaipublicfiles.com/maskformer/mask2former/mapillary_vistas/panoptic/maskformer2_swin_large_IN21k_384_bs16_300k/model_final_132c71.pkl",
     ),
+    # The original MODEL_ZOO.md links this entry as maskformer_R50_bs16_300k.yaml; its config file is this one.
     ZooEntry(
-        "mapillary-vistas/semantic-segmentation/maskformer_R50_bs16_300k.yaml",
+        "mapillary-vistas/semantic-segmentation/maskformer2_R50_bs16_300k.yaml",
         "semantic",
         "R50",
         "300k iter",
