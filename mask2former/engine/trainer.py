@@ -46,12 +46,18 @@ logger = logging.getLogger(__name__)
 _AMP_DTYPES = ("float16", "bfloat16")
 
 
-def amp_dtype(cfg) -> torch.dtype:
-    """The autocast dtype SOLVER.AMP.PRECISION names on MODEL.DEVICE (float16 on a CPU runs
-    in bfloat16, with one warning)."""
+def amp_precision_name(cfg) -> str:
+    """SOLVER.AMP.PRECISION, checked (also when AMP is off, so a typo does not wait for a run with it on)."""
     precision = cfg.SOLVER.AMP.PRECISION
     if precision not in _AMP_DTYPES:
         raise ValueError(f"SOLVER.AMP.PRECISION must be one of {sorted(_AMP_DTYPES)}, got {precision!r}")
+    return precision
+
+
+def amp_dtype(cfg) -> torch.dtype:
+    """The autocast dtype SOLVER.AMP.PRECISION names on MODEL.DEVICE (float16 on a CPU runs
+    in bfloat16, with one warning)."""
+    precision = amp_precision_name(cfg)
     return autocast_dtype(precision, torch.device(cfg.MODEL.DEVICE).type, "SOLVER.AMP.PRECISION")
 
 
@@ -111,6 +117,7 @@ class Trainer:
         self.device = torch.device(cfg.MODEL.DEVICE)
 
         self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
+        amp_precision_name(cfg)  # checked even with AMP off
         self.amp_dtype = amp_dtype(cfg) if self.amp_enabled else torch.float32
         logger.info(
             "Training precision: %s",
