@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 
 import pytest
 import torch
@@ -155,7 +156,9 @@ def test_unsupported_keys_are_refused_with_the_reason(key):
     for p in path:
         node = node[p]
     node[last] = _other_value(node[last])
-    with pytest.raises(ConfigError, match=rf"{key}.*not supported: {UNSUPPORTED_KEYS[key][:20]}"):
+    with pytest.raises(
+        ConfigError, match=re.escape(key) + ".*not supported: " + re.escape(UNSUPPORTED_KEYS[key])
+    ):
         check_supported(cfg)
     with pytest.raises(ConfigError, match="not supported"):
         build_model(cfg)
