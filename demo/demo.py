@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mask2former.config import get_cfg  # noqa: E402
 from mask2former.data.detection_utils import read_image  # noqa: E402
-from mask2former.predictor import Predictor  # noqa: E402
+from mask2former.inference import Predictor  # noqa: E402
 from mask2former.utils.visualizer import Visualizer  # noqa: E402
 
 logger = logging.getLogger("mask2former.demo")

@@ -10,7 +10,7 @@ then check both against the eager model.
 The exported network takes images [B, 3, H, W] (float pixel values in INPUT.FORMAT channel order,
 not normalised; H, W are padded up to the size divisibility inside) and returns
 (pred_logits [B, Q, K+1], pred_masks [B, Q, Hp/4, Wp/4]). Shapes are static: export once per input
-size and batch size. Post-processing stays in Python (`mask2former.export.postprocess_exported`).
+size and batch size. Post-processing stays in Python (`mask2former.inference.export.postprocess_exported`).
 
 `--weights` is the trained model to export; the config's MODEL.WEIGHTS (a training initialisation)
 is not loaded. Without `--weights` the network has random weights (for trying the tool out).
@@ -19,7 +19,7 @@ Check: eager, the saved-and-reloaded torch.export program and onnxruntime (CPUEx
 on a random image and a structured one (flat regions, edges, a gradient). For each output the max
 abs difference to eager must be at most TOL * max(1, max |eager output|) (`--tolerance`, default
 1e-3); otherwise the tool exits with status 1. Loading `model.pt2` needs the deformable-attention
-op registered: use `mask2former.export.load_exported_program` (or `load_extension()` then
+op registered: use `mask2former.inference.export.load_exported_program` (or `load_extension()` then
 `torch.export.load`).
 """
 
@@ -35,7 +35,7 @@ import torch
 
 from mask2former.checkpoint import load_weights
 from mask2former.config import get_cfg
-from mask2former.export import (
+from mask2former.inference.export import (
     MIN_ONNX_OPSET,
     ExportableMaskFormer,
     export_onnx,

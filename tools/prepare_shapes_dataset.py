@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the bundled synthetic "shapes" dataset (see mask2former/synthetic.py).
+"""Generate the bundled synthetic "shapes" dataset (see mask2former/data/datasets/shapes.py).
 
     python tools/prepare_shapes_dataset.py                    # -> $DETECTRON2_DATASETS/shapes (datasets/shapes)
     python tools/prepare_shapes_dataset.py --root /data/shapes --num-train 1000 --force
@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mask2former.synthetic import DEFAULT_SPLITS, dataset_exists, default_root, generate_dataset  # noqa: E402
+from mask2former.data.datasets.shapes import DEFAULT_SPLITS, dataset_exists, default_root, generate_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:

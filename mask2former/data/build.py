@@ -5,7 +5,7 @@ dicts). The order is fixed by one seed: every epoch is a `torch.randperm` of the
 drawn from `torch.Generator().manual_seed(seed + epoch)`, split across ranks, cut into batches
 (within aspect-ratio groups when DATALOADER.ASPECT_RATIO_GROUPING). Each sample's augmentation
 is seeded from (seed, its position in the stream), so the result does not depend on the number
-of workers.
+of workers or on any other random call in the process (no global random state is touched).
 
 Resuming: pass the same `seed` and `start_iter` = the number of iterations already done. The
 loader then skips that many batches by index arithmetic and yields exactly the batches (images
@@ -23,10 +23,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.utils.data as torchdata
 from PIL import Image
 
+from ..utils.dist import get_rank, get_world_size, shared_random_seed
 from .catalog import DatasetCatalog
 from .dataset_mappers import build_dataset_mapper
 from .detection_utils import DatasetFormatError
@@ -37,21 +37,6 @@ logger = logging.getLogger(__name__)
 def trivial_batch_collator(batch: list) -> list:
     """Batches stay lists of dicts; the model pads images itself."""
     return batch
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _shared_random_seed() -> int:
-    seed = int(np.random.randint(2**31))
-    if dist.is_available() and dist.is_initialized():
-        t = torch.tensor([seed], dtype=torch.int64)
-        dist.broadcast(t, src=0)
-        seed = int(t.item())
-    return seed
 
 
 def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
@@ -113,7 +98,7 @@ class TrainingBatchSampler(torchdata.Sampler):
         self.size, self.batch_size, self.seed = size, batch_size, int(seed)
         self.groups = groups
         self.start_iter = int(start_iter)
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = get_rank(), get_world_size()
 
     def _indices(self) -> Iterator[int]:
         """This rank's share of the infinite shuffled index stream."""
@@ -143,9 +128,11 @@ class TrainingBatchSampler(torchdata.Sampler):
 
 
 class MapDataset(torchdata.Dataset):
-    """dataset dicts + mapper. Indexed by (position, index) in training, so each sample's
-    augmentation is seeded from (seed, position); by plain index for inference.
-    With `skip_bad_samples`, an unreadable sample is logged and replaced by the next index."""
+    """dataset dicts + mapper. Indexed by (position, index) in training: a mapper with
+    `takes_rng = True` is then called as `mapper(dataset_dict, rng)` with a `random.Random`
+    seeded from (seed, position), so its augmentation depends on nothing else that ran in the
+    process; other mappers are called as `mapper(dataset_dict)`. Indexed by plain index for
+    inference. With `skip_bad_samples`, an unreadable sample is logged and replaced by the next index."""
 
     def __init__(self, dicts: list[dict], mapper, seed: int | None = None, skip_bad_samples: bool = False):
         self.dicts, self.mapper, self.seed = dicts, mapper, seed
@@ -156,14 +143,13 @@ class MapDataset(torchdata.Dataset):
 
     def __getitem__(self, key):
         pos, idx = key if isinstance(key, tuple) else (None, key)
-        if pos is not None and self.seed is not None:
-            s = (self.seed * 1_000_003 + pos) % (2**32)
-            random.seed(s)
-            np.random.seed(s)
+        extra = {}
+        if getattr(self.mapper, "takes_rng", False) and pos is not None and self.seed is not None:
+            extra["rng"] = random.Random((self.seed * 1_000_003 + pos) % (2**32))
         for attempt in range(len(self.dicts)):
             d = self.dicts[(idx + attempt) % len(self.dicts)]
             try:
-                return self.mapper(dict(d))
+                return self.mapper(dict(d), **extra)
             except (DatasetFormatError, FileNotFoundError) as e:
                 if not self.skip_bad_samples:
                     raise
@@ -183,7 +169,7 @@ def build_detection_train_loader(
         seed: shuffling/augmentation seed; default cfg.SEED, or a shared random seed if negative.
         skip_bad_samples: log and skip unreadable samples instead of raising.
     """
-    rank, world = _world()
+    world = get_world_size()
     total = int(cfg.SOLVER.IMS_PER_BATCH)
     if total % world != 0:
         raise ValueError(
@@ -191,7 +177,7 @@ def build_detection_train_loader(
         )
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     if seed is None:
-        seed = int(cfg.SEED) if cfg.SEED >= 0 else _shared_random_seed()
+        seed = int(cfg.SEED) if cfg.SEED >= 0 else shared_random_seed()
     logger.info("Training data: %d images, seed %d, start_iter %d", len(dicts), seed, start_iter)
     groups = _aspect_groups(dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
     sampler = TrainingBatchSampler(len(dicts), total // world, seed, groups, start_iter)
@@ -208,7 +194,7 @@ class InferenceSampler(torchdata.Sampler):
     """Each rank gets a contiguous, ordered slice of [0, size)."""
 
     def __init__(self, size: int):
-        rank, world = _world()
+        rank, world = get_rank(), get_world_size()
         per = (size - 1) // world + 1 if size else 0
         self.indices = list(range(min(rank * per, size), min((rank + 1) * per, size)))
 

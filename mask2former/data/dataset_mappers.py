@@ -8,14 +8,16 @@ Output of every mapper:
                                           gt_masks bool [N, H, W]), N = 0 allowed
                    "sem_seg": int64 [H, W], ignore_label for void (semantic / panoptic mappers)
 
-Training mappers are chosen by cfg.INPUT.DATASET_MAPPER_NAME from DATASET_MAPPER_REGISTRY and
-built as `Mapper(cfg, is_train=True)`. A user's own mapper registers itself with
-`@DATASET_MAPPER_REGISTRY.register()`.
+Training mappers are chosen by cfg.INPUT.DATASET_MAPPER_NAME from DATASET_MAPPER_REGISTRY (by
+class name, or by the original project's names listed in MAPPER_CONFIG_NAMES) and built as
+`Mapper(cfg, is_train=True)`. A user's own mapper registers itself with
+`@DATASET_MAPPER_REGISTRY.register()` and is selected by its class name.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 
 import numpy as np
 import torch
@@ -38,31 +40,30 @@ logger = logging.getLogger(__name__)
 
 DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
 DATASET_MAPPER_REGISTRY.__doc__ = (
-    "Training dataset mappers, chosen by INPUT.DATASET_MAPPER_NAME; called as obj(cfg, is_train) and "
-    "then obj(dataset_dict) -> dict. Register a class under its own name with "
-    "@DATASET_MAPPER_REGISTRY.register(), or under a config name with @register_mapper('name')."
+    "Training dataset mappers, chosen by INPUT.DATASET_MAPPER_NAME (the class name, or one of the "
+    "original project's names in MAPPER_CONFIG_NAMES); called as obj(cfg, is_train) and then "
+    "obj(dataset_dict, rng) -> dict. Register a class with @DATASET_MAPPER_REGISTRY.register()."
 )
 
-
-def register_mapper(name: str):
-    """Class decorator: register a mapper under the config name `name` (fvcore's decorator
-    only registers under the class's own name)."""
-
-    def deco(cls):
-        DATASET_MAPPER_REGISTRY._do_register(name, cls)
-        return cls
-
-    return deco
+# The original project's INPUT.DATASET_MAPPER_NAME values -> the registered mapper classes.
+MAPPER_CONFIG_NAMES = {
+    "mask_former_semantic": "MaskFormerSemanticDatasetMapper",
+    "mask_former_instance": "MaskFormerInstanceDatasetMapper",
+    "mask_former_panoptic": "MaskFormerPanopticDatasetMapper",
+    "coco_instance_lsj": "COCOInstanceLSJDatasetMapper",
+    "coco_panoptic_lsj": "COCOPanopticLSJDatasetMapper",
+}
 
 
-def _load_image(dataset_dict: dict) -> tv_tensors.Image:
-    """Decode `file_name` as RGB uint8 [3, H, W] and check it against the dict's height/width."""
+def _load_image(dataset_dict: dict) -> tuple[tv_tensors.Image, tuple[int, int]]:
+    """Decode `file_name` as RGB uint8 [3, H, W] and check it against the dict's height/width;
+    returns the image and its (H, W)."""
     img = read_image(dataset_dict["file_name"], "RGB")
     check_image_size(dataset_dict, img)
     img = np.require(
         img, requirements=["C", "W"]
     )  # a writable copy only when the decoder gave a read-only view
-    return tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1))
+    return tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1)), img.shape[:2]
 
 
 def _to_format(image: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -109,10 +110,18 @@ def _instances_from_masks(masks: torch.Tensor, classes: torch.Tensor) -> Instanc
 
 
 def _ignore_label(cfg) -> int:
+    """The label of void pixels: MODEL.SEM_SEG_HEAD.IGNORE_VALUE, which must agree with the
+    training set's metadata `ignore_label` where it has one."""
+    value = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
     if cfg.DATASETS.TRAIN:
-        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-        return int(meta.get("ignore_label", 255))
-    return 255
+        name = cfg.DATASETS.TRAIN[0]
+        registered = MetadataCatalog.get(name).get("ignore_label", value)
+        if int(registered) != value:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {value} but dataset {name!r} marks void pixels with "
+                f"{registered} (its metadata ignore_label); set IGNORE_VALUE to {registered}"
+            )
+    return value
 
 
 def _shortest_edge_augs(cfg, crop_with_category_area: bool, ignore_label: int) -> list:
@@ -144,7 +153,11 @@ def _lsj_augs(cfg) -> list:
 
 
 class _TrainMapper:
-    """Shared set-up: augmentation list, image format, ignore label, class count."""
+    """Shared set-up: augmentation list, image format, ignore label, class count. Called as
+    `mapper(dataset_dict, rng)`: every random draw comes from `rng` (a `random.Random`; the
+    training loader seeds one per sample, see `MapDataset`)."""
+
+    takes_rng = True  # MapDataset passes its per-sample generator
 
     def __init__(self, cfg, is_train: bool = True):
         if not is_train:
@@ -168,6 +181,10 @@ class _TrainMapper:
     def _build_augs(self, cfg) -> list:
         raise TypeError(f"{type(self).__name__} must define _build_augs")
 
+    def _augment(self, sample: dict, rng: random.Random | None) -> dict:
+        """The augmentations, drawing from `rng` (a fresh unseeded generator when None)."""
+        return self.augmentations(sample, random.Random() if rng is None else rng)
+
     def _pad(self, sample: dict) -> dict:
         if self.size_divisibility > 0:
             fills = {"sem_seg": self.ignore_label, "pan_seg": 0, "masks": 0}
@@ -175,7 +192,7 @@ class _TrainMapper:
         return sample
 
 
-@register_mapper("mask_former_semantic")
+@DATASET_MAPPER_REGISTRY.register()
 class MaskFormerSemanticDatasetMapper(_TrainMapper):
     """Semantic segmentation: shortest-edge resize, random crop with SINGLE_CATEGORY_MAX_AREA,
     SSD colour jitter, flip, padding to SIZE_DIVISIBILITY (ignore_label). One instance per class
@@ -184,15 +201,14 @@ class MaskFormerSemanticDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _shortest_edge_augs(cfg, True, self.ignore_label)
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
         if "sem_seg_file_name" not in dataset_dict:
             raise DatasetFormatError(
                 f"{dataset_dict.get('file_name')}: semantic mapper needs 'sem_seg_file_name'"
             )
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+        image, orig = _load_image(dataset_dict)
         sample = {"image": image, "sem_seg": _load_sem_seg(dataset_dict["sem_seg_file_name"], orig)}
-        sample = self._pad(self.augmentations(sample))
+        sample = self._pad(self._augment(sample, rng))
         sem = sample["sem_seg"].as_subclass(torch.Tensor).long()
         classes = sem.unique()
         classes = classes[classes != self.ignore_label]
@@ -204,7 +220,7 @@ class MaskFormerSemanticDatasetMapper(_TrainMapper):
         return out
 
 
-@register_mapper("mask_former_instance")
+@DATASET_MAPPER_REGISTRY.register()
 class MaskFormerInstanceDatasetMapper(_TrainMapper):
     """Instance segmentation from COCO-style annotations (polygons or RLE; crowd regions are
     not targets): shortest-edge resize, random crop, SSD colour jitter, flip, padding."""
@@ -212,12 +228,11 @@ class MaskFormerInstanceDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _shortest_edge_augs(cfg, False, self.ignore_label)
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
+        image, orig = _load_image(dataset_dict)
         masks, classes = annotations_to_masks(dataset_dict, orig)
         sample = {"image": image, "masks": tv_tensors.Mask(masks)}
-        sample = self._pad(self.augmentations(sample))
+        sample = self._pad(self._augment(sample, rng))
         _check_classes(classes, self.num_classes, dataset_dict["file_name"])
         out = _out_dict(dataset_dict, sample["image"], self.image_format, orig)
         out["instances"] = _instances_from_masks(sample["masks"], classes)
@@ -278,7 +293,7 @@ def _semantic_from_panoptic(pan: torch.Tensor, segments: list[dict], ignore_labe
     return sem
 
 
-@register_mapper("mask_former_panoptic")
+@DATASET_MAPPER_REGISTRY.register()
 class MaskFormerPanopticDatasetMapper(_TrainMapper):
     """Panoptic segmentation from COCO-format PNG + segments_info: the semantic mapper's
     augmentations (the category-area crop uses `sem_seg_file_name` when given, else the
@@ -287,16 +302,15 @@ class MaskFormerPanopticDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _shortest_edge_augs(cfg, True, self.ignore_label)
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
+        image, orig = _load_image(dataset_dict)
         pan, segments = _load_panoptic(dataset_dict, orig)
         if "sem_seg_file_name" in dataset_dict:
             sem = _load_sem_seg(dataset_dict["sem_seg_file_name"], orig)
         else:
             sem = tv_tensors.Mask(_semantic_from_panoptic(pan, segments, self.ignore_label))
         sample = {"image": image, "pan_seg": tv_tensors.Mask(pan), "sem_seg": sem}
-        sample = self._pad(self.augmentations(sample))
+        sample = self._pad(self._augment(sample, rng))
         masks, classes = _panoptic_instances(sample["pan_seg"].as_subclass(torch.Tensor), segments)
         _check_classes(classes, self.num_classes, dataset_dict["pan_seg_file_name"])
         out = _out_dict(dataset_dict, sample["image"], self.image_format, orig)
@@ -305,7 +319,7 @@ class MaskFormerPanopticDatasetMapper(_TrainMapper):
         return out
 
 
-@register_mapper("coco_instance_lsj")
+@DATASET_MAPPER_REGISTRY.register()
 class COCOInstanceLSJDatasetMapper(_TrainMapper):
     """COCO instance segmentation with large-scale jitter: flip, resize so the image fits
     IMAGE_SIZE * s (s in [MIN_SCALE, MAX_SCALE]), crop/pad to IMAGE_SIZE x IMAGE_SIZE (image
@@ -314,18 +328,17 @@ class COCOInstanceLSJDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _lsj_augs(cfg)
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
+        image, orig = _load_image(dataset_dict)
         masks, classes = annotations_to_masks(dataset_dict, orig)
         _check_classes(classes, self.num_classes, dataset_dict["file_name"])
-        sample = self.augmentations({"image": image, "masks": tv_tensors.Mask(masks)})
+        sample = self._augment({"image": image, "masks": tv_tensors.Mask(masks)}, rng)
         out = _out_dict(dataset_dict, sample["image"], self.image_format, orig)
         out["instances"] = _instances_from_masks(sample["masks"], classes)
         return out
 
 
-@register_mapper("coco_panoptic_lsj")
+@DATASET_MAPPER_REGISTRY.register()
 class COCOPanopticLSJDatasetMapper(_TrainMapper):
     """COCO panoptic with large-scale jitter (as `coco_instance_lsj`), targets from the
     augmented panoptic id map: one instance per non-crowd segment, things and stuff."""
@@ -333,11 +346,10 @@ class COCOPanopticLSJDatasetMapper(_TrainMapper):
     def _build_augs(self, cfg) -> list:
         return _lsj_augs(cfg)
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+    def __call__(self, dataset_dict: dict, rng: random.Random | None = None) -> dict:
+        image, orig = _load_image(dataset_dict)
         pan, segments = _load_panoptic(dataset_dict, orig)
-        sample = self.augmentations({"image": image, "pan_seg": tv_tensors.Mask(pan)})
+        sample = self._augment({"image": image, "pan_seg": tv_tensors.Mask(pan)}, rng)
         masks, classes = _panoptic_instances(sample["pan_seg"].as_subclass(torch.Tensor), segments)
         _check_classes(classes, self.num_classes, dataset_dict["pan_seg_file_name"])
         out = _out_dict(dataset_dict, sample["image"], self.image_format, orig)
@@ -356,10 +368,9 @@ class InferenceDatasetMapper:
         self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
 
     def __call__(self, dataset_dict: dict) -> dict:
-        image = _load_image(dataset_dict)
-        orig = tuple(image.shape[-2:])
+        image, orig = _load_image(dataset_dict)
         if self.min_size > 0:
-            image = T.ResizeShortestEdge([self.min_size], self.max_size)({"image": image})["image"]
+            image = T.resize_shortest_edge({"image": image}, self.min_size, self.max_size)["image"]
         return _out_dict(dataset_dict, image, self.image_format, orig)
 
 
@@ -368,15 +379,16 @@ def build_dataset_mapper(cfg, is_train: bool = True):
     if not is_train:
         return InferenceDatasetMapper(cfg)
     name = cfg.INPUT.DATASET_MAPPER_NAME
-    if name not in DATASET_MAPPER_REGISTRY:
-        raise KeyError(
-            f"INPUT.DATASET_MAPPER_NAME {name!r} is not registered; known: {sorted(k for k, _ in DATASET_MAPPER_REGISTRY)}"
-        )
-    return DATASET_MAPPER_REGISTRY.get(name)(cfg, is_train=True)
+    registered = MAPPER_CONFIG_NAMES.get(name, name)
+    if registered not in DATASET_MAPPER_REGISTRY:
+        known = sorted(MAPPER_CONFIG_NAMES) + sorted(k for k, _ in DATASET_MAPPER_REGISTRY)
+        raise KeyError(f"INPUT.DATASET_MAPPER_NAME {name!r} is not registered; known: {known}")
+    return DATASET_MAPPER_REGISTRY.get(registered)(cfg, is_train=True)
 
 
 __all__ = [
     "DATASET_MAPPER_REGISTRY",
+    "MAPPER_CONFIG_NAMES",
     "COCOInstanceLSJDatasetMapper",
     "COCOPanopticLSJDatasetMapper",
     "InferenceDatasetMapper",
@@ -385,5 +397,4 @@ __all__ = [
     "MaskFormerSemanticDatasetMapper",
     "annotations_to_masks",
     "build_dataset_mapper",
-    "register_mapper",
 ]

@@ -157,38 +157,10 @@ def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.
         raise DatasetFormatError(f"Cannot decode the RLE in {source}: {e}") from e
 
 
-def panoptic_to_targets(
-    pan_ids: np.ndarray, segments_info: list[dict], source: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Panoptic ids [H, W] + segments_info -> (classes int64 [N], masks bool [N, H, W],
-    iscrowd bool [N]) for the segments that appear. A segment listed but absent from the PNG is
-    skipped (COCO has a few); a PNG id absent from the JSON (other than 0) is an error."""
-    listed = {int(s["id"]) for s in segments_info}
-    present = set(np.unique(pan_ids).tolist()) - {0}
-    unknown = present - listed
-    if unknown:
-        raise DatasetFormatError(
-            f"Panoptic PNG {source} has segment ids {sorted(unknown)[:10]} that its JSON does not list"
-        )
-    classes, masks, crowd = [], [], []
-    for s in segments_info:
-        m = pan_ids == int(s["id"])
-        if not m.any():
-            continue
-        classes.append(int(s["category_id"]))
-        masks.append(m)
-        crowd.append(bool(s.get("iscrowd", 0)))
-    h, w = pan_ids.shape
-    if not masks:
-        return np.zeros(0, np.int64), np.zeros((0, h, w), bool), np.zeros(0, bool)
-    return np.asarray(classes, np.int64), np.stack(masks), np.asarray(crowd, bool)
-
-
 __all__ = [
     "DatasetFormatError",
     "check_image_size",
     "id2rgb",
-    "panoptic_to_targets",
     "read_image",
     "read_label_png",
     "read_panoptic_png",

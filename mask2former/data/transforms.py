@@ -4,8 +4,9 @@ A sample is a dict of tv_tensors: `"image"`: `tv_tensors.Image` uint8 [3, H, W] 
 number of `tv_tensors.Mask` entries ([H, W] label maps or [N, H, W] masks). Geometric ops go
 through `torchvision.transforms.v2.functional`, which resizes images bilinearly and masks with
 nearest neighbour, so every entry keeps the same geometry. Each augmentation is a callable
-`sample -> sample` that draws its randomness from Python's `random` module (seeded per
-data-loader worker).
+`(sample, rng) -> sample` that draws its randomness only from `rng`, a `random.Random` given by
+the caller (the training loader seeds one per sample from (seed, position)), never from global
+random state.
 """
 
 from __future__ import annotations
@@ -57,32 +58,36 @@ class ResizeShortestEdge:
         self.max_size = int(max_size)
         self.sample_style = sample_style
 
-    def __call__(self, sample: Sample) -> Sample:
-        h, w = _size(sample)
+    def __call__(self, sample: Sample, rng: random.Random) -> Sample:
         if self.sample_style == "range":
-            short = random.randint(self.lengths[0], self.lengths[1])
+            short = rng.randint(self.lengths[0], self.lengths[1])
         else:
-            short = random.choice(self.lengths)
-        if short == 0:
-            return sample
-        newh, neww = shortest_edge_size(h, w, short, self.max_size)
-        return _apply(sample, lambda t: F.resize(t, [newh, neww], antialias=True))
+            short = rng.choice(self.lengths)
+        return resize_shortest_edge(sample, short, self.max_size)
 
 
-def crop_size_for(crop_type: str, crop_size, h: int, w: int) -> tuple[int, int]:
+def resize_shortest_edge(sample: Sample, short: int, max_size: int) -> Sample:
+    """Resize every entry so the shortest edge is `short` (long edge at most `max_size`); 0: unchanged."""
+    if short == 0:
+        return sample
+    newh, neww = shortest_edge_size(*_size(sample), short, max_size)
+    return _apply(sample, lambda t: F.resize(t, [newh, neww], antialias=True))
+
+
+def crop_size_for(crop_type: str, crop_size, h: int, w: int, rng: random.Random) -> tuple[int, int]:
     """Detectron2's RandomCrop size rules: "relative", "relative_range", "absolute", "absolute_range"."""
     if crop_type == "relative":
         ch, cw = crop_size
         return int(h * ch + 0.5), int(w * cw + 0.5)
     if crop_type == "relative_range":
         lo = np.asarray(crop_size, dtype=np.float32)
-        ch, cw = lo + np.array([random.random(), random.random()], dtype=np.float32) * (1 - lo)
+        ch, cw = lo + np.array([rng.random(), rng.random()], dtype=np.float32) * (1 - lo)
         return int(h * ch + 0.5), int(w * cw + 0.5)
     if crop_type == "absolute":
         return min(int(crop_size[0]), h), min(int(crop_size[1]), w)
     if crop_type == "absolute_range":
-        ch = random.randint(min(h, int(crop_size[0])), min(h, int(crop_size[1])))
-        cw = random.randint(min(w, int(crop_size[0])), min(w, int(crop_size[1])))
+        ch = rng.randint(min(h, int(crop_size[0])), min(h, int(crop_size[1])))
+        cw = rng.randint(min(w, int(crop_size[0])), min(w, int(crop_size[1])))
         return ch, cw
     raise ValueError(f"Unknown INPUT.CROP.TYPE {crop_type!r}")
 
@@ -102,15 +107,15 @@ class RandomCrop:
         self.max_area = float(single_category_max_area)
         self.ignore_label = ignore_label
 
-    def _draw(self, h: int, w: int) -> tuple[int, int, int, int]:
-        ch, cw = crop_size_for(self.crop_type, self.crop_size, h, w)
+    def _draw(self, h: int, w: int, rng: random.Random) -> tuple[int, int, int, int]:
+        ch, cw = crop_size_for(self.crop_type, self.crop_size, h, w, rng)
         if h < ch or w < cw:
             raise ValueError(f"Crop {ch}x{cw} is larger than the image {h}x{w}")
-        return random.randint(0, h - ch), random.randint(0, w - cw), ch, cw
+        return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: random.Random) -> Sample:
         h, w = _size(sample)
-        top, left, ch, cw = self._draw(h, w)
+        top, left, ch, cw = self._draw(h, w, rng)
         if self.max_area < 1.0:
             if "sem_seg" not in sample:
                 raise KeyError("SINGLE_CATEGORY_MAX_AREA < 1 needs a 'sem_seg' map in the sample")
@@ -120,7 +125,7 @@ class RandomCrop:
                 _, counts = torch.unique(patch[patch != self.ignore_label], return_counts=True)
                 if len(counts) > 1 and counts.max().item() < self.max_area * counts.sum().item():
                     break
-                top, left, ch, cw = self._draw(h, w)
+                top, left, ch, cw = self._draw(h, w, rng)
         return _apply(sample, lambda t: F.crop(t, top, left, ch, cw))
 
 
@@ -133,8 +138,8 @@ class RandomFlip:
         self.fn = F.horizontal_flip if direction == "horizontal" else F.vertical_flip
         self.prob = prob
 
-    def __call__(self, sample: Sample) -> Sample:
-        if random.random() < self.prob:
+    def __call__(self, sample: Sample, rng: random.Random) -> Sample:
+        if rng.random() < self.prob:
             return _apply(sample, self.fn)
         return sample
 
@@ -156,39 +161,39 @@ class ColorAugSSD:
     def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
         return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
-    def _brightness(self, img):
-        if random.randrange(2):
-            return self._convert(img, beta=random.uniform(-self.brightness_delta, self.brightness_delta))
+    def _brightness(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
+        if rng.randrange(2):
+            return self._convert(img, beta=rng.uniform(-self.brightness_delta, self.brightness_delta))
         return img
 
-    def _contrast(self, img):
-        if random.randrange(2):
-            return self._convert(img, alpha=random.uniform(*self.contrast_range))
+    def _contrast(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
+        if rng.randrange(2):
+            return self._convert(img, alpha=rng.uniform(*self.contrast_range))
         return img
 
-    def _saturation(self, img):
-        if random.randrange(2):
+    def _saturation(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
+        if rng.randrange(2):
             hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-            hsv[:, :, 1] = self._convert(hsv[:, :, 1], alpha=random.uniform(*self.saturation_range))
+            hsv[:, :, 1] = self._convert(hsv[:, :, 1], alpha=rng.uniform(*self.saturation_range))
             return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         return img
 
-    def _hue(self, img):
-        if random.randrange(2):
+    def _hue(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
+        if rng.randrange(2):
             hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
             hsv[:, :, 0] = (
-                hsv[:, :, 0].astype(np.int32) + random.randint(-self.hue_delta, self.hue_delta)
+                hsv[:, :, 0].astype(np.int32) + rng.randint(-self.hue_delta, self.hue_delta)
             ) % 180
             return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         return img
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: random.Random) -> Sample:
         img = np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy())  # [H, W, 3] RGB
-        img = self._brightness(img)
-        if random.randrange(2):
-            img = self._hue(self._saturation(self._contrast(img)))
+        img = self._brightness(img, rng)
+        if rng.randrange(2):
+            img = self._hue(self._saturation(self._contrast(img, rng), rng), rng)
         else:
-            img = self._contrast(self._hue(self._saturation(img)))
+            img = self._contrast(self._hue(self._saturation(img, rng), rng), rng)
         out = dict(sample)
         out["image"] = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
         return out
@@ -202,9 +207,9 @@ class ResizeScale:
         self.min_scale, self.max_scale = min_scale, max_scale
         self.target = (target_height, target_width)
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: random.Random) -> Sample:
         h, w = _size(sample)
-        s = random.uniform(self.min_scale, self.max_scale)
+        s = rng.uniform(self.min_scale, self.max_scale)
         scale = min(s * self.target[0] / h, s * self.target[1] / w)
         newh, neww = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
         return _apply(sample, lambda t: F.resize(t, [newh, neww], antialias=True))
@@ -220,11 +225,11 @@ class FixedSizeCrop:
         self.pad_value = pad_value
         self.mask_fill = mask_fill or {}
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: random.Random) -> Sample:
         h, w = _size(sample)
         ch, cw = min(self.crop_size[0], h), min(self.crop_size[1], w)
-        top = int(round((h - ch) * random.random()))
-        left = int(round((w - cw) * random.random()))
+        top = int(round((h - ch) * rng.random()))
+        left = int(round((w - cw) * rng.random()))
         pad = [0, 0, self.crop_size[1] - cw, self.crop_size[0] - ch]  # left, top, right, bottom
         out = {}
         for k, v in sample.items():
@@ -255,9 +260,9 @@ class Compose:
     def __init__(self, augs: list):
         self.augs = list(augs)
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: random.Random) -> Sample:
         for a in self.augs:
-            sample = a(sample)
+            sample = a(sample, rng)
         return sample
 
     def __repr__(self) -> str:
@@ -274,5 +279,6 @@ __all__ = [
     "ResizeShortestEdge",
     "crop_size_for",
     "pad_to_divisible",
+    "resize_shortest_edge",
     "shortest_edge_size",
 ]

@@ -1,10 +1,4 @@
-"""Training hooks. A hook is called by the trainer at four points:
-
-    before_train()  ->  for each iteration: before_step(); run_step(); after_step()  ->  after_train()
-
-`self.trainer` is set when the hook is registered. `after_train` runs even when training
-stops with an error; `self.trainer.iter == self.trainer.max_iter` tells that it finished.
-"""
+"""The builtin training hooks (the interface, `HookBase`, is in `hook_base`)."""
 
 from __future__ import annotations
 
@@ -13,35 +7,16 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
+from mask2former.checkpoint import Checkpointer, get_rng_states, set_rng_states
 from mask2former.utils import dist as dist_utils
 from mask2former.utils.events import EventWriter
 
-from .checkpointer import Checkpointer, get_rng_states, set_rng_states
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .hook_base import HookBase
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EvalHook", "HookBase", "IterationTimer", "LRScheduler", "PeriodicCheckpointer", "PeriodicWriter"]
-
-
-class HookBase:
-    trainer: Trainer
-
-    def before_train(self) -> None:
-        return None
-
-    def after_train(self) -> None:
-        return None
-
-    def before_step(self) -> None:
-        return None
-
-    def after_step(self) -> None:
-        return None
 
 
 class IterationTimer(HookBase):

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
+from mask2former.checkpoint import atomic_write
 from mask2former.utils import dist as dist_utils
 
 logger = logging.getLogger(__name__)
@@ -132,35 +133,71 @@ def launch(
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     from_env = _environment_worker()
     if from_env is not None:
-        rank, world_size, local_rank, local_size, init_method = from_env
-        requested = num_gpus_per_machine * num_machines
-        if requested not in (1, world_size):
-            logger.warning(
-                "--num-gpus %d x --num-machines %d is ignored: the environment starts %d workers",
-                num_gpus_per_machine,
-                num_machines,
-                world_size,
-            )
-        _init_worker(backend, init_method, world_size, rank, local_rank, local_size, timeout)
-        try:
-            main_func(*args)
-        finally:
-            dist.destroy_process_group()
+        _warn_if_layout_ignored(num_gpus_per_machine, num_machines, world_size=from_env[1])
+        _run_environment_worker(main_func, args, backend, from_env, timeout)
         return
-
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
         main_func(*args)
         return
+    dist_url = _check_machine_layout(num_machines, machine_rank, dist_url)
+    _spawn_workers(
+        main_func, args, backend, dist_url, timeout, num_gpus_per_machine, num_machines, machine_rank
+    )
+
+
+def _warn_if_layout_ignored(num_gpus_per_machine: int, num_machines: int, world_size: int) -> None:
+    if num_gpus_per_machine * num_machines not in (1, world_size):
+        logger.warning(
+            "--num-gpus %d x --num-machines %d is ignored: the environment starts %d workers",
+            num_gpus_per_machine,
+            num_machines,
+            world_size,
+        )
+
+
+def _run_environment_worker(
+    main_func: Callable[..., object],
+    args: tuple,
+    backend: str,
+    from_env: tuple[int, int, int, int, str],
+    timeout: datetime.timedelta,
+) -> None:
+    """Run this process as the worker that torchrun or srun started."""
+    rank, world_size, local_rank, local_size, init_method = from_env
+    _init_worker(backend, init_method, world_size, rank, local_rank, local_size, timeout)
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _check_machine_layout(num_machines: int, machine_rank: int, dist_url: str) -> str:
+    """Validate the machine layout; returns the init URL ("auto" -> a free local port)."""
     if not 0 <= machine_rank < num_machines:
         raise ValueError(f"--machine-rank {machine_rank} is outside 0 .. {num_machines - 1}")
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto only works on one machine; give tcp://<machine 0>:<port>")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+        return f"tcp://127.0.0.1:{_find_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// init across machines needs a file system shared by all of them")
+    return dist_url
 
+
+def _spawn_workers(
+    main_func: Callable[..., object],
+    args: tuple,
+    backend: str,
+    dist_url: str,
+    timeout: datetime.timedelta,
+    num_gpus_per_machine: int,
+    num_machines: int,
+    machine_rank: int,
+) -> None:
+    """Spawn this machine's workers and wait for them; the first failure is raised as
+    WorkerFailedError (the others are terminated by torch.multiprocessing)."""
+    world_size = num_machines * num_gpus_per_machine
     error_dir = tempfile.mkdtemp(prefix="mask2former_launch_")
     try:
         context = mp.start_processes(
@@ -210,11 +247,9 @@ def _distributed_worker(
     except BaseException:
         # Record when and how this rank failed, so the parent reports the first failure
         # (the others are usually peers losing their connection to it).
-        # Written under a temporary name and renamed, so the parent never reads half a report.
-        report = os.path.join(error_dir, f"rank{rank}")
-        with open(report + ".tmp", "w") as f:
-            f.write(f"{time.time()}\n{traceback.format_exc()}")
-        os.replace(report + ".tmp", report)
+        # Written atomically, so the parent never reads half a report.
+        report = f"{time.time()}\n{traceback.format_exc()}".encode()
+        atomic_write(os.path.join(error_dir, f"rank{rank}"), lambda f: f.write(report))
         raise
     dist.destroy_process_group()
 
@@ -222,7 +257,7 @@ def _distributed_worker(
 def _describe_failure(error: ProcessException, error_dir: str, machine_rank: int, per_machine: int) -> str:
     reports = []
     for name in os.listdir(error_dir):
-        if name.endswith(".tmp"):
+        if name.startswith("."):  # a report still being written
             continue
         with open(os.path.join(error_dir, name)) as f:
             stamp, tb = f.read().split("\n", 1)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mask2former.checkpoint import Checkpointer, unwrap_model
 from mask2former.utils import dist as dist_utils
 from mask2former.utils.events import (
     CommonMetricPrinter,
@@ -39,7 +40,7 @@ from mask2former.utils.events import (
 from mask2former.utils.precision import autocast_dtype
 
 from . import hooks as hooks_module
-from .checkpointer import Checkpointer, unwrap_model
+from .hook_base import HookBase
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Trainer:
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.storage: EventStorage
         self._data_iter: Iterator | None = None
-        self._hooks: list[hooks_module.HookBase] = []
+        self._hooks: list[HookBase] = []
         self.register_hooks(self.build_hooks())
 
     # ---- set-up --------------------------------------------------------------------------
@@ -164,9 +165,9 @@ class Trainer:
             load_weights(unwrap_model(self.model), self.cfg.MODEL.WEIGHTS)
         self.start_iter = 0
 
-    def build_hooks(self) -> list[hooks_module.HookBase]:
+    def build_hooks(self) -> list[HookBase]:
         cfg = self.cfg
-        ret: list[hooks_module.HookBase] = [
+        ret: list[HookBase] = [
             hooks_module.IterationTimer(),
             hooks_module.LRScheduler(),
             hooks_module.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter),
@@ -186,7 +187,7 @@ class Trainer:
             TensorboardWriter(out),
         ]
 
-    def register_hooks(self, hooks: list[hooks_module.HookBase | None]) -> None:
+    def register_hooks(self, hooks: list[HookBase | None]) -> None:
         for h in hooks:
             if h is None:
                 continue

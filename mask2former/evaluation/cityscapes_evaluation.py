@@ -25,8 +25,10 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image
 
+from mask2former.utils.dist import all_gather, is_main_process
+
 from ..data.catalog import MetadataCatalog
-from .evaluator import DatasetEvaluator, all_gather, is_main_process
+from .evaluator import DatasetEvaluator
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
-import os
 from collections import OrderedDict
 
 import numpy as np
@@ -17,7 +15,9 @@ from pycocotools.cocoeval import COCOeval
 
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.detection_utils import segmentation_to_mask
-from .evaluator import DatasetEvaluator, all_gather, is_main_process
+from ..utils.dist import gather_on_main
+from .evaluator import DatasetEvaluator
+from .prediction_files import write_predictions_json
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +118,10 @@ class COCOEvaluator(DatasetEvaluator):
             return gt
 
     def evaluate(self) -> dict:
-        preds = [p for ps in all_gather(self._predictions) for p in ps]
-        if not is_main_process():
+        preds = gather_on_main(self._predictions)
+        if preds is None:
             return {}
-        if self.output_dir:
-            os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, "coco_instances_results.json"), "w") as f:
-                json.dump(preds, f)
+        write_predictions_json(self.output_dir, "coco_instances_results.json", preds)
         coco_gt = self._coco_gt()
         names = {c["id"]: c["name"] for c in coco_gt.loadCats(coco_gt.getCatIds())}
         if not preds:

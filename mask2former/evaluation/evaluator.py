@@ -1,4 +1,4 @@
-"""Evaluator interface, the inference loop, and cross-process gathering."""
+"""Evaluator interface and the inference loop (cross-process gathering: mask2former.utils.dist)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,10 @@ from collections import OrderedDict
 from contextlib import contextmanager
 
 import torch
-import torch.distributed as dist
+
+from mask2former.utils import dist as dist_utils
 
 logger = logging.getLogger(__name__)
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def all_gather(obj) -> list:
-    """Gather a picklable object from every process (a one-element list when not distributed)."""
-    if _world_size() == 1:
-        return [obj]
-    out = [None] * _world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 class DatasetEvaluator:
@@ -114,7 +98,7 @@ def inference_on_dataset(model, data_loader, evaluator: DatasetEvaluator | None)
         "Total inference time: %s (%.6f s / img per device, on %d devices)",
         datetime.timedelta(seconds=int(elapsed)),
         elapsed / max(n_images, 1),
-        _world_size(),
+        dist_utils.get_world_size(),
     )
     results = evaluator.evaluate()
     return {} if results is None else results
@@ -135,8 +119,6 @@ def print_csv_format(results: dict) -> None:
 __all__ = [
     "DatasetEvaluator",
     "DatasetEvaluators",
-    "all_gather",
     "inference_on_dataset",
-    "is_main_process",
     "print_csv_format",
 ]

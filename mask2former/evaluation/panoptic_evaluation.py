@@ -24,12 +24,15 @@ from PIL import Image
 
 from ..data.catalog import MetadataCatalog
 from ..data.detection_utils import DatasetFormatError, id2rgb, read_panoptic_png
-from .evaluator import DatasetEvaluator, all_gather, is_main_process
+from ..utils.dist import all_gather, gather_on_main
+from .evaluator import DatasetEvaluator
+from .prediction_files import write_predictions_json
 
 logger = logging.getLogger(__name__)
 
 OFFSET = 256 * 256 * 256
 VOID = 0
+IOU_SUM, TP, FP, FN = range(4)  # the fields of a PQStat row
 
 
 class PQStat:
@@ -82,31 +85,66 @@ def pq_single_image(
     if gt.shape != pred.shape:
         raise ValueError(f"{source}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
     stat = PQStat()
-    gt_segms = {int(s["id"]): dict(s, area=0) for s in gt_segments}
-    pred_segms = {int(s["id"]): dict(s, area=0) for s in pred_segments}
+    gt_segms = _gt_segments_with_area(gt, gt_segments, source)
+    pred_segms = _pred_segments_with_area(pred, pred_segments, source)
+    joint = gt.astype(np.uint64) * OFFSET + pred.astype(np.uint64)
+    ids, cnt = np.unique(joint, return_counts=True)
+    inter = {
+        (int(i // OFFSET), int(i % OFFSET)): int(c) for i, c in zip(ids, cnt)
+    }  # (gt id, pred id) -> pixels
+    gt_matched, pred_matched = _match(gt_segms, pred_segms, inter, stat)
+
+    crowd_by_cat = {}
+    for g, gs in gt_segms.items():
+        if gs.get("iscrowd", 0):
+            crowd_by_cat[gs["category_id"]] = g
+        elif g not in gt_matched:
+            stat.add(gs["category_id"], FN, 1)
+    for p, ps in pred_segms.items():
+        if p in pred_matched:
+            continue
+        covered = inter.get((VOID, p), 0)
+        if ps["category_id"] in crowd_by_cat:
+            covered += inter.get((crowd_by_cat[ps["category_id"]], p), 0)
+        if covered / ps["area"] > 0.5:
+            continue  # mostly void or crowd: not a false positive
+        stat.add(ps["category_id"], FP, 1)
+    return stat
+
+
+def _gt_segments_with_area(gt: np.ndarray, gt_segments: list[dict], source: str) -> dict[int, dict]:
+    """id -> segment with its pixel count, for the segments present in `gt`; a PNG id that the
+    JSON does not list raises DatasetFormatError."""
+    segms = {int(s["id"]): dict(s, area=0) for s in gt_segments}
     ids, cnt = np.unique(gt, return_counts=True)
     for i, c in zip(ids.tolist(), cnt.tolist()):
         if i == VOID:
             continue
-        if i not in gt_segms:
+        if i not in segms:
             raise DatasetFormatError(
                 f"Ground-truth PNG {source} has segment id {i} that its JSON does not list"
             )
-        gt_segms[i]["area"] = c
+        segms[i]["area"] = c
+    return {k: v for k, v in segms.items() if v["area"] > 0}
+
+
+def _pred_segments_with_area(pred: np.ndarray, pred_segments: list[dict], source: str) -> dict[int, dict]:
+    """id -> segment with its pixel count, for the non-void segments present in `pred`; an id
+    missing from `pred_segments` raises ValueError."""
+    segms = {int(s["id"]): dict(s, area=0) for s in pred_segments}
     ids, cnt = np.unique(pred, return_counts=True)
     for i, c in zip(ids.tolist(), cnt.tolist()):
-        if i not in pred_segms:
+        if i not in segms:
             if i == VOID:
                 continue
             raise ValueError(f"Prediction for {source} has segment id {i} missing from its segments_info")
-        pred_segms[i]["area"] = c
-    pred_segms = {k: v for k, v in pred_segms.items() if v["area"] > 0 and k != VOID}
-    gt_segms = {k: v for k, v in gt_segms.items() if v["area"] > 0}
+        segms[i]["area"] = c
+    return {k: v for k, v in segms.items() if v["area"] > 0 and k != VOID}
 
-    joint = gt.astype(np.uint64) * OFFSET + pred.astype(np.uint64)
-    ids, cnt = np.unique(joint, return_counts=True)
-    inter = {(int(i // OFFSET), int(i % OFFSET)): int(c) for i, c in zip(ids, cnt)}
 
+def _match(gt_segms: dict, pred_segms: dict, inter: dict, stat: PQStat) -> tuple[set, set]:
+    """Count the true positives (same category, IoU > 0.5, void pixels left out of the union) in
+    `stat`; returns the matched (gt ids, pred ids)."""
     gt_matched, pred_matched = set(), set()
     for (g, p), n in inter.items():
         if g not in gt_segms or p not in pred_segms:
@@ -117,27 +155,11 @@ def pq_single_image(
         union = ps["area"] + gs["area"] - n - inter.get((VOID, p), 0)
         iou = n / union
         if iou > 0.5:
-            stat.add(gs["category_id"], 0, iou)
-            stat.add(gs["category_id"], 1, 1)
+            stat.add(gs["category_id"], IOU_SUM, iou)
+            stat.add(gs["category_id"], TP, 1)
             gt_matched.add(g)
             pred_matched.add(p)
-
-    crowd_by_cat = {}
-    for g, gs in gt_segms.items():
-        if gs.get("iscrowd", 0):
-            crowd_by_cat[gs["category_id"]] = g
-        elif g not in gt_matched:
-            stat.add(gs["category_id"], 3, 1)
-    for p, ps in pred_segms.items():
-        if p in pred_matched:
-            continue
-        covered = inter.get((VOID, p), 0)
-        if ps["category_id"] in crowd_by_cat:
-            covered += inter.get((crowd_by_cat[ps["category_id"]], p), 0)
-        if covered / ps["area"] > 0.5:
-            continue
-        stat.add(ps["category_id"], 2, 1)
-    return stat
+    return gt_matched, pred_matched
 
 
 class COCOPanopticEvaluator(DatasetEvaluator):
@@ -229,14 +251,12 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         stat = PQStat()
         for s in all_gather(self._stat):
             stat += s
-        preds = [p for ps in all_gather(self._pred_json) for p in ps]
-        if not is_main_process():
+        preds = gather_on_main(self._pred_json)
+        if preds is None:
             return {}
         if self._gt is None:
             self._load_gt()
-        if self.output_dir:
-            with open(os.path.join(self.output_dir, "predictions.json"), "w") as f:
-                json.dump({"annotations": preds}, f)
+        write_predictions_json(self.output_dir, "predictions.json", {"annotations": preds})
         res = OrderedDict()
         for key, isthing in (("", None), ("_th", True), ("_st", False)):
             avg, _ = stat.pq_average(self._categories, isthing)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import OrderedDict
 
 import numpy as np
@@ -12,7 +10,9 @@ import pycocotools.mask as mask_util
 
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.detection_utils import read_label_png
-from .evaluator import DatasetEvaluator, all_gather, is_main_process
+from ..utils.dist import all_gather, gather_on_main
+from .evaluator import DatasetEvaluator
+from .prediction_files import write_predictions_json
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +87,10 @@ class SemSegEvaluator(DatasetEvaluator):
 
     def evaluate(self) -> dict:
         conf = sum(all_gather(self._conf))
-        preds = [p for ps in all_gather(self._predictions) for p in ps]
-        if not is_main_process():
+        preds = gather_on_main(self._predictions)
+        if preds is None:
             return {}
-        if self.output_dir:
-            os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, "sem_seg_predictions.json"), "w") as f:
-                json.dump(preds, f)
+        write_predictions_json(self.output_dir, "sem_seg_predictions.json", preds)
         res = semantic_metrics(conf, self.class_names)
         logger.info("Semantic segmentation: %s", {k: v for k, v in res.items() if "-" not in k})
         return OrderedDict(sem_seg=res)

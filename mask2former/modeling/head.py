@@ -11,14 +11,10 @@ from .registry import PIXEL_DECODER_REGISTRY, SEM_SEG_HEADS_REGISTRY, TRANSFORME
 class MaskFormerHead(nn.Module):
     """Backbone features -> {"pred_logits", "pred_masks", "aux_outputs"}."""
 
-    def __init__(
-        self, pixel_decoder: nn.Module, predictor: nn.Module, *, num_classes: int, ignore_value: int = 255
-    ):
+    def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module):
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
-        self.num_classes = num_classes
-        self.ignore_value = ignore_value
 
     def forward(self, features: dict[str, Tensor]) -> dict:
         mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
@@ -39,6 +35,4 @@ def build_maskformer_head(cfg, input_shape: dict[str, ShapeSpec]) -> MaskFormerH
     predictor = TRANSFORMER_DECODER_REGISTRY.get(cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME)(
         cfg, head.CONVS_DIM, True
     )
-    return MaskFormerHead(
-        pixel_decoder, predictor, num_classes=head.NUM_CLASSES, ignore_value=head.IGNORE_VALUE
-    )
+    return MaskFormerHead(pixel_decoder, predictor)

@@ -9,9 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..inference.postprocessing import (
+    instance_inference,
+    panoptic_inference,
+    sem_seg_postprocess,
+    semantic_inference,
+)
 from ..layers import ShapeSpec
 from ..structures import ImageList
-from .postprocessing import instance_inference, panoptic_inference, sem_seg_postprocess, semantic_inference
 from .registry import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -33,7 +38,6 @@ class MaskFormer(nn.Module):
         backbone: nn.Module,
         sem_seg_head: nn.Module,
         criterion: nn.Module | None,
-        num_queries: int,
         object_mask_threshold: float,
         overlap_threshold: float,
         thing_classes_mask: Tensor | None,
@@ -54,7 +58,6 @@ class MaskFormer(nn.Module):
         self.sem_seg_head = sem_seg_head
         if criterion is not None:
             self.criterion = criterion
-        self.num_queries = num_queries
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.size_divisibility = max(size_divisibility, getattr(backbone, "size_divisibility", 0))
@@ -205,7 +208,6 @@ def build_maskformer(cfg) -> MaskFormer:
         backbone=backbone,
         sem_seg_head=head,
         criterion=build_criterion(cfg),
-        num_queries=cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
         object_mask_threshold=test.OBJECT_MASK_THRESHOLD,
         overlap_threshold=test.OVERLAP_THRESHOLD,
         thing_classes_mask=thing_mask,

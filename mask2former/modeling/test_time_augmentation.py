@@ -23,7 +23,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
 from ..data.transforms import shortest_edge_size
-from .postprocessing import instance_inference, panoptic_inference, sem_seg_postprocess
+from ..inference.postprocessing import instance_inference, panoptic_inference, sem_seg_postprocess
 
 
 class MaskFormerWithTTA(nn.Module):

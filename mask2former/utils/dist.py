@@ -3,6 +3,11 @@ initialised process group (a single process is world size 1, rank 0).
 
 The local process group (the workers of one machine) is created by `launch` and used for
 `get_local_rank` / `get_local_size`.
+
+Under the NCCL backend collectives only accept CUDA tensors: `all_reduce_mean` moves its
+tensor to this worker's current CUDA device (set by `launch`) and returns the result on the
+tensor's own device; the object collectives (`all_gather`, `broadcast_object`) pass their
+buffers through the current CUDA device the same way (PyTorch does it for them).
 """
 
 from __future__ import annotations
@@ -68,12 +73,20 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
             _LOCAL_PROCESS_GROUP = group
 
 
+def collective_device() -> torch.device:
+    """Where tensors must be for a collective: the current CUDA device under NCCL, else the CPU."""
+    if is_dist_initialized() and dist.get_backend() == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def synchronize() -> None:
     """Barrier across all workers; a no-op in a single process."""
     if get_world_size() == 1:
         return
-    if dist.get_backend() == dist.Backend.NCCL and torch.cuda.is_available():
-        dist.barrier(device_ids=[torch.cuda.current_device()])
+    device = collective_device()
+    if device.type == "cuda":
+        dist.barrier(device_ids=[device.index])
     else:
         dist.barrier()
 
@@ -102,12 +115,21 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     world_size = get_world_size()
     if world_size == 1:
         return tensor.clone()
-    out = tensor.clone()
+    out = tensor.to(collective_device(), copy=True)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / world_size
+    return (out / world_size).to(tensor.device)
 
 
 def shared_random_seed() -> int:
     """A random int drawn on rank 0 and shared by every rank."""
     seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     return int(broadcast_object(seed))
+
+
+def gather_on_main(items: list) -> list | None:
+    """Every rank's `items` concatenated in rank order, on the main process; None on the others.
+    A collective: every rank must call it."""
+    gathered = all_gather(items)
+    if not is_main_process():
+        return None
+    return [item for rank_items in gathered for item in rank_items]

@@ -18,6 +18,9 @@ missing fails on use with an error naming the path and the preparation step.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from .builtin_meta import (
@@ -32,217 +35,325 @@ from .builtin_meta import (
 from .cityscapes import load_cityscapes_instances, load_cityscapes_panoptic, load_cityscapes_semantic
 from .coco import load_coco_json, load_sem_seg, require_path
 from .coco_panoptic import load_coco_panoptic_json
+from .shapes import register_bundled_datasets
+
+
+class Prepared(NamedTuple):
+    """A file or folder written by a preparation script; checked when the dataset is loaded, so
+    that the error names the script."""
+
+    path: str
+    what: str
+    script: str
+
+
+class Family(NamedTuple):
+    """What the splits of one dataset share."""
+
+    categories: tuple | None  # (id, name, isthing, colour) rows; None: only a class count
+    ignore_label: int
+    panoptic_evaluator: str | None = None
+
+
+class SemSegSplit(NamedTuple):
+    family: str  # key of _FAMILIES
+    image_root: str
+    sem_seg_root: str
+    gt_ext: str = ".png"
+    prepared: Prepared | None = None
+
+
+class InstancesSplit(NamedTuple):
+    family: str
+    image_root: str
+    json_file: str
+    prepared: Prepared | None = None
+
+
+class PanopticSplit(NamedTuple):
+    family: str
+    image_root: str
+    panoptic_root: str
+    panoptic_json: str
+    sem_seg_root: str | None = None
+    instances_json: str | None = None  # COCO instance AP on the same images
+    prepared: Prepared | None = None
+
+
+# The model needs Mapillary's thing/stuff split before any file is read; panoptic_2018.json
+# numbers its categories from 1, in table order (a JSON that disagrees is reported on load).
+_MAPILLARY_ONE_BASED = tuple((i + 1, *c[1:]) for i, c in enumerate(MAPILLARY_VISTAS_CATEGORIES))
+_ADE20K_FULL_NUM_CLASSES = 847
+_FAMILIES = {
+    "coco": Family(COCO_CATEGORIES, 255, "coco_panoptic_seg"),
+    "ade20k": Family(ADE20K_150_CATEGORIES, 255, "ade20k_panoptic_seg"),
+    "ade20k_full": Family(None, 65535),  # no class table, _ADE20K_FULL_NUM_CLASSES classes
+    "mapillary_vistas": Family(_MAPILLARY_ONE_BASED, 65, "mapillary_vistas_panoptic_seg"),
+}
+
+_ADE = "ADEChallengeData2016"
+_ADE_FULL = "ADE20K_2021_17_01"
+_MV = "mapillary_vistas"
+_COCO_SEM = "COCO panoptic semantic labels", "tools/prepare_coco_semantic_annos_from_panoptic.py"
+_ADE_SEM = "ADE20K semantic labels", "tools/prepare_ade20k_sem_seg.py"
+_ADE_PAN = "ADE20K panoptic JSON", "tools/prepare_ade20k_pan_seg.py"
+_ADE_INS = "ADE20K instance JSON", "tools/prepare_ade20k_ins_seg.py"
+
+# Paths below are relative to the datasets root.
+_PREDEFINED_SPLITS_SEM_SEG = {
+    "ade20k_sem_seg_train": SemSegSplit(
+        "ade20k",
+        f"{_ADE}/images/training",
+        f"{_ADE}/annotations_detectron2/training",
+        prepared=Prepared(f"{_ADE}/annotations_detectron2/training", *_ADE_SEM),
+    ),
+    "ade20k_sem_seg_val": SemSegSplit(
+        "ade20k",
+        f"{_ADE}/images/validation",
+        f"{_ADE}/annotations_detectron2/validation",
+        prepared=Prepared(f"{_ADE}/annotations_detectron2/validation", *_ADE_SEM),
+    ),
+    "ade20k_full_sem_seg_train": SemSegSplit(
+        "ade20k_full",
+        f"{_ADE_FULL}/images_detectron2/training",
+        f"{_ADE_FULL}/annotations_detectron2/training",
+        gt_ext=".tif",
+    ),
+    "ade20k_full_sem_seg_val": SemSegSplit(
+        "ade20k_full",
+        f"{_ADE_FULL}/images_detectron2/validation",
+        f"{_ADE_FULL}/annotations_detectron2/validation",
+        gt_ext=".tif",
+    ),
+    "mapillary_vistas_sem_seg_train": SemSegSplit(
+        "mapillary_vistas", f"{_MV}/training/images", f"{_MV}/training/labels"
+    ),
+    "mapillary_vistas_sem_seg_val": SemSegSplit(
+        "mapillary_vistas", f"{_MV}/validation/images", f"{_MV}/validation/labels"
+    ),
+}
+
+_PREDEFINED_SPLITS_INSTANCES = {
+    "coco_2017_train": InstancesSplit("coco", "coco/train2017", "coco/annotations/instances_train2017.json"),
+    "coco_2017_val": InstancesSplit("coco", "coco/val2017", "coco/annotations/instances_val2017.json"),
+    "ade20k_instance_train": InstancesSplit(
+        "ade20k",
+        f"{_ADE}/images/training",
+        f"{_ADE}/ade20k_instance_train.json",
+        Prepared(f"{_ADE}/ade20k_instance_train.json", *_ADE_INS),
+    ),
+    "ade20k_instance_val": InstancesSplit(
+        "ade20k",
+        f"{_ADE}/images/validation",
+        f"{_ADE}/ade20k_instance_val.json",
+        Prepared(f"{_ADE}/ade20k_instance_val.json", *_ADE_INS),
+    ),
+}
+
+_PREDEFINED_SPLITS_COCO_PANOPTIC = {
+    "coco_2017_train_panoptic": PanopticSplit(
+        "coco",
+        "coco/train2017",
+        "coco/panoptic_train2017",
+        "coco/annotations/panoptic_train2017.json",
+        instances_json="coco/annotations/instances_train2017.json",
+    ),
+    "coco_2017_val_panoptic": PanopticSplit(
+        "coco",
+        "coco/val2017",
+        "coco/panoptic_val2017",
+        "coco/annotations/panoptic_val2017.json",
+        instances_json="coco/annotations/instances_val2017.json",
+    ),
+    "coco_2017_train_panoptic_with_sem_seg": PanopticSplit(
+        "coco",
+        "coco/train2017",
+        "coco/panoptic_train2017",
+        "coco/annotations/panoptic_train2017.json",
+        "coco/panoptic_semseg_train2017",
+        "coco/annotations/instances_train2017.json",
+        Prepared("coco/panoptic_semseg_train2017", *_COCO_SEM),
+    ),
+    "coco_2017_val_panoptic_with_sem_seg": PanopticSplit(
+        "coco",
+        "coco/val2017",
+        "coco/panoptic_val2017",
+        "coco/annotations/panoptic_val2017.json",
+        "coco/panoptic_semseg_val2017",
+        "coco/annotations/instances_val2017.json",
+        Prepared("coco/panoptic_semseg_val2017", *_COCO_SEM),
+    ),
+    "ade20k_panoptic_train": PanopticSplit(
+        "ade20k",
+        f"{_ADE}/images/training",
+        f"{_ADE}/ade20k_panoptic_train",
+        f"{_ADE}/ade20k_panoptic_train.json",
+        f"{_ADE}/annotations_detectron2/training",
+        f"{_ADE}/ade20k_instance_train.json",
+        Prepared(f"{_ADE}/ade20k_panoptic_train.json", *_ADE_PAN),
+    ),
+    "ade20k_panoptic_val": PanopticSplit(
+        "ade20k",
+        f"{_ADE}/images/validation",
+        f"{_ADE}/ade20k_panoptic_val",
+        f"{_ADE}/ade20k_panoptic_val.json",
+        f"{_ADE}/annotations_detectron2/validation",
+        f"{_ADE}/ade20k_instance_val.json",
+        Prepared(f"{_ADE}/ade20k_panoptic_val.json", *_ADE_PAN),
+    ),
+    "mapillary_vistas_panoptic_train": PanopticSplit(
+        "mapillary_vistas",
+        f"{_MV}/training/images",
+        f"{_MV}/training/panoptic",
+        f"{_MV}/training/panoptic/panoptic_2018.json",
+        f"{_MV}/training/labels",
+    ),
+    "mapillary_vistas_panoptic_val": PanopticSplit(
+        "mapillary_vistas",
+        f"{_MV}/validation/images",
+        f"{_MV}/validation/panoptic",
+        f"{_MV}/validation/panoptic/panoptic_2018.json",
+        f"{_MV}/validation/labels",
+    ),
+}
+
+# Cityscapes in the cityscapesscripts layout: split -> (image dir, ground-truth dir); the
+# panoptic PNGs and JSON sit in gtFine/ (cityscapesscripts' createPanopticImgs).
+_PREDEFINED_SPLITS_CITYSCAPES = {
+    "train": ("cityscapes/leftImg8bit/train", "cityscapes/gtFine/train"),
+    "val": ("cityscapes/leftImg8bit/val", "cityscapes/gtFine/val"),
+}
 
 
 def _root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def _register_coco(root: str) -> None:
-    coco_inst_meta = {**instance_metadata(COCO_CATEGORIES), "evaluator_type": "coco"}
-    coco_pan_meta = panoptic_metadata(COCO_CATEGORIES)
-    for split in ("train", "val"):
-        img = os.path.join(root, "coco", f"{split}2017")
-        inst = os.path.join(root, "coco", "annotations", f"instances_{split}2017.json")
-        name = f"coco_2017_{split}"
-        DatasetCatalog.register(name, lambda img=img, inst=inst, name=name: load_coco_json(inst, img, name))
-        MetadataCatalog.get(name).set(json_file=inst, image_root=img, **coco_inst_meta)
+def _register(
+    root: str, name: str, load: Callable[[], list[dict]], metadata: dict, prepared: Prepared | None = None
+) -> None:
+    """Register `load` (checking first that the `prepared` file exists) and the metadata."""
 
-        pan_json = os.path.join(root, "coco", "annotations", f"panoptic_{split}2017.json")
-        pan_dir = os.path.join(root, "coco", f"panoptic_{split}2017")
-        sem_dir = os.path.join(root, "coco", f"panoptic_semseg_{split}2017")
-        for suffix, sem in (("", None), ("_with_sem_seg", sem_dir)):
-            pname = f"coco_2017_{split}_panoptic{suffix}"
-            meta = MetadataCatalog.get(pname)
+    def load_prepared() -> list[dict]:
+        require_path(os.path.join(root, prepared.path), prepared.what, f"Run {prepared.script}.")
+        return load()
 
-            def load(img=img, pan_json=pan_json, pan_dir=pan_dir, meta=meta, sem=sem):
-                if sem is not None:
-                    require_path(
-                        sem,
-                        "COCO panoptic semantic labels",
-                        "Run tools/prepare_coco_semantic_annos_from_panoptic.py.",
-                    )
-                return load_coco_panoptic_json(pan_json, img, pan_dir, meta, sem)
+    DatasetCatalog.register(name, load if prepared is None else load_prepared)
+    MetadataCatalog.get(name).set(**metadata)
 
-            DatasetCatalog.register(pname, load)
-            extra = {"sem_seg_root": sem} if sem else {}
-            meta.set(
+
+def _register_sem_seg(root: str) -> None:
+    for name, split in _PREDEFINED_SPLITS_SEM_SEG.items():
+        img, sem = os.path.join(root, split.image_root), os.path.join(root, split.sem_seg_root)
+        family = _FAMILIES[split.family]
+        classes = (
+            semantic_metadata(family.categories)
+            if family.categories
+            else {"num_classes": _ADE20K_FULL_NUM_CLASSES}
+        )
+        _register(
+            root,
+            name,
+            partial(load_sem_seg, sem, img, split.gt_ext, ".jpg"),
+            dict(
+                image_root=img,
+                sem_seg_root=sem,
+                evaluator_type="sem_seg",
+                ignore_label=family.ignore_label,
+                **classes,
+            ),
+            split.prepared,
+        )
+
+
+def _register_instances(root: str) -> None:
+    for name, split in _PREDEFINED_SPLITS_INSTANCES.items():
+        img, json_file = os.path.join(root, split.image_root), os.path.join(root, split.json_file)
+        _register(
+            root,
+            name,
+            partial(load_coco_json, json_file, img, name),
+            dict(
+                json_file=json_file,
+                image_root=img,
+                evaluator_type="coco",
+                **instance_metadata(_FAMILIES[split.family].categories),
+            ),
+            split.prepared,
+        )
+
+
+def _register_coco_panoptic(root: str) -> None:
+    for name, split in _PREDEFINED_SPLITS_COCO_PANOPTIC.items():
+        family = _FAMILIES[split.family]
+        img = os.path.join(root, split.image_root)
+        pan_dir, pan_json = os.path.join(root, split.panoptic_root), os.path.join(root, split.panoptic_json)
+        sem = split.sem_seg_root and os.path.join(root, split.sem_seg_root)
+        optional = {"sem_seg_root": sem} if sem else {}
+        if split.instances_json:
+            optional["json_file"] = os.path.join(root, split.instances_json)
+        _register(
+            root,
+            name,
+            partial(load_coco_panoptic_json, pan_json, img, pan_dir, MetadataCatalog.get(name), sem),
+            dict(
                 image_root=img,
                 panoptic_root=pan_dir,
                 panoptic_json=pan_json,
-                json_file=inst,
-                evaluator_type="coco_panoptic_seg",
-                ignore_label=255,
+                evaluator_type=family.panoptic_evaluator,
+                ignore_label=family.ignore_label,
                 label_divisor=1000,
-                **extra,
-                **coco_pan_meta,
-            )
-
-
-def _register_ade20k(root: str) -> None:
-    ade = os.path.join(root, "ADEChallengeData2016")
-    sem_prep = "Run tools/prepare_ade20k_sem_seg.py."
-    for split, folder in (("train", "training"), ("val", "validation")):
-        img = os.path.join(ade, "images", folder)
-        sem = os.path.join(ade, "annotations_detectron2", folder)
-
-        def load_sem(img=img, sem=sem):
-            require_path(sem, "ADE20K semantic labels", sem_prep)
-            return load_sem_seg(sem, img, ".png", ".jpg")
-
-        name = f"ade20k_sem_seg_{split}"
-        DatasetCatalog.register(name, load_sem)
-        MetadataCatalog.get(name).set(
-            image_root=img,
-            sem_seg_root=sem,
-            evaluator_type="sem_seg",
-            ignore_label=255,
-            **semantic_metadata(ADE20K_150_CATEGORIES),
-        )
-
-        pan_json = os.path.join(ade, f"ade20k_panoptic_{split}.json")
-        pan_dir = os.path.join(ade, f"ade20k_panoptic_{split}")
-        inst_json = os.path.join(ade, f"ade20k_instance_{split}.json")
-        name = f"ade20k_panoptic_{split}"
-        meta = MetadataCatalog.get(name)
-
-        def load_pan(img=img, pan_json=pan_json, pan_dir=pan_dir, meta=meta, sem=sem):
-            require_path(pan_json, "ADE20K panoptic JSON", "Run tools/prepare_ade20k_pan_seg.py.")
-            return load_coco_panoptic_json(pan_json, img, pan_dir, meta, sem)
-
-        DatasetCatalog.register(name, load_pan)
-        meta.set(
-            image_root=img,
-            panoptic_root=pan_dir,
-            panoptic_json=pan_json,
-            sem_seg_root=sem,
-            json_file=inst_json,
-            evaluator_type="ade20k_panoptic_seg",
-            ignore_label=255,
-            label_divisor=1000,
-            **panoptic_metadata(ADE20K_150_CATEGORIES),
-        )
-
-        name = f"ade20k_instance_{split}"
-
-        def load_ins(img=img, inst_json=inst_json, name=name):
-            require_path(inst_json, "ADE20K instance JSON", "Run tools/prepare_ade20k_ins_seg.py.")
-            return load_coco_json(inst_json, img, name)
-
-        DatasetCatalog.register(name, load_ins)
-        MetadataCatalog.get(name).set(
-            image_root=img,
-            json_file=inst_json,
-            evaluator_type="coco",
-            **instance_metadata(ADE20K_150_CATEGORIES),
-        )
-
-    full = os.path.join(root, "ADE20K_2021_17_01")
-    for split, folder in (("train", "training"), ("val", "validation")):
-        img = os.path.join(full, "images_detectron2", folder)
-        sem = os.path.join(full, "annotations_detectron2", folder)
-        name = f"ade20k_full_sem_seg_{split}"
-        DatasetCatalog.register(name, lambda img=img, sem=sem: load_sem_seg(sem, img, ".tif", ".jpg"))
-        MetadataCatalog.get(name).set(
-            image_root=img, sem_seg_root=sem, evaluator_type="sem_seg", ignore_label=65535, num_classes=847
+                **optional,
+                **panoptic_metadata(family.categories),
+            ),
+            split.prepared,
         )
 
 
 def _register_cityscapes(root: str) -> None:
-    cs = os.path.join(root, "cityscapes")
-    pan_meta = panoptic_metadata(CITYSCAPES_CATEGORIES)
-    for split in ("train", "val"):
-        img = os.path.join(cs, "leftImg8bit", split)
-        gt = os.path.join(cs, "gtFine", split)
-        name = f"cityscapes_fine_sem_seg_{split}"
-        DatasetCatalog.register(name, lambda img=img, gt=gt: load_cityscapes_semantic(img, gt))
-        MetadataCatalog.get(name).set(
-            image_dir=img,
-            gt_dir=gt,
-            evaluator_type="cityscapes_sem_seg",
-            ignore_label=255,
-            **semantic_metadata(CITYSCAPES_CATEGORIES),
+    for split, (image_dir, gt_dir) in _PREDEFINED_SPLITS_CITYSCAPES.items():
+        img, gt = os.path.join(root, image_dir), os.path.join(root, gt_dir)
+        common = dict(image_dir=img, gt_dir=gt, ignore_label=255)
+        _register(
+            root,
+            f"cityscapes_fine_sem_seg_{split}",
+            partial(load_cityscapes_semantic, img, gt),
+            dict(evaluator_type="cityscapes_sem_seg", **common, **semantic_metadata(CITYSCAPES_CATEGORIES)),
         )
-        name = f"cityscapes_fine_instance_seg_{split}"
-        DatasetCatalog.register(name, lambda img=img, gt=gt: load_cityscapes_instances(img, gt))
-        MetadataCatalog.get(name).set(
-            image_dir=img,
-            gt_dir=gt,
-            evaluator_type="cityscapes_instance",
-            ignore_label=255,
-            **instance_metadata(CITYSCAPES_CATEGORIES),
+        _register(
+            root,
+            f"cityscapes_fine_instance_seg_{split}",
+            partial(load_cityscapes_instances, img, gt),
+            dict(evaluator_type="cityscapes_instance", **common, **instance_metadata(CITYSCAPES_CATEGORIES)),
         )
-        pan_dir = os.path.join(cs, "gtFine", f"cityscapes_panoptic_{split}")
-        pan_json = os.path.join(cs, "gtFine", f"cityscapes_panoptic_{split}.json")
         name = f"cityscapes_fine_panoptic_{split}"
-        meta = MetadataCatalog.get(name)
-        DatasetCatalog.register(
-            name, lambda img=img, d=pan_dir, j=pan_json, m=meta: load_cityscapes_panoptic(img, d, j, m)
-        )
-        meta.set(
-            image_dir=img,
-            gt_dir=gt,
-            image_root=img,
-            panoptic_root=pan_dir,
-            panoptic_json=pan_json,
-            evaluator_type="cityscapes_panoptic_seg",
-            ignore_label=255,
-            label_divisor=1000,
-            **pan_meta,
-        )
-
-
-def _register_mapillary(root: str) -> None:
-    mv = os.path.join(root, "mapillary_vistas")
-    for split, folder in (("train", "training"), ("val", "validation")):
-        img = os.path.join(mv, folder, "images")
-        sem = os.path.join(mv, folder, "labels")
-        name = f"mapillary_vistas_sem_seg_{split}"
-        DatasetCatalog.register(name, lambda img=img, sem=sem: load_sem_seg(sem, img, ".png", ".jpg"))
-        MetadataCatalog.get(name).set(
-            image_root=img,
-            sem_seg_root=sem,
-            evaluator_type="sem_seg",
-            ignore_label=65,
-            **semantic_metadata(MAPILLARY_VISTAS_CATEGORIES),
-        )
-        pan_dir = os.path.join(mv, folder, "panoptic")
-        pan_json = os.path.join(pan_dir, "panoptic_2018.json")
-        name = f"mapillary_vistas_panoptic_{split}"
-        meta = MetadataCatalog.get(name)
-        # The model needs the thing/stuff split before any file is read; panoptic_2018.json
-        # numbers its categories from 1, in table order (a JSON that disagrees is reported on load).
-        DatasetCatalog.register(
+        pan_dir = os.path.join(os.path.dirname(gt), f"cityscapes_panoptic_{split}")
+        pan_json = pan_dir + ".json"
+        _register(
+            root,
             name,
-            lambda img=img, d=pan_dir, j=pan_json, m=meta, s=sem: load_coco_panoptic_json(j, img, d, m, s),
-        )
-        one_based = tuple((i + 1, *c[1:]) for i, c in enumerate(MAPILLARY_VISTAS_CATEGORIES))
-        meta.set(
-            image_root=img,
-            panoptic_root=pan_dir,
-            panoptic_json=pan_json,
-            sem_seg_root=sem,
-            evaluator_type="mapillary_vistas_panoptic_seg",
-            ignore_label=65,
-            label_divisor=1000,
-            **panoptic_metadata(one_based),
+            partial(load_cityscapes_panoptic, img, pan_dir, pan_json, MetadataCatalog.get(name)),
+            dict(
+                evaluator_type="cityscapes_panoptic_seg",
+                image_root=img,
+                panoptic_root=pan_dir,
+                panoptic_json=pan_json,
+                label_divisor=1000,
+                **common,
+                **panoptic_metadata(CITYSCAPES_CATEGORIES),
+            ),
         )
 
 
 def register_all(root: str | None = None) -> None:
-    """Register every builtin dataset under `root` (default: $DETECTRON2_DATASETS or ./datasets)."""
+    """Register every builtin dataset under `root` (default: $DETECTRON2_DATASETS or ./datasets)
+    from the tables above, one loop per format, and the bundled shapes dataset (`make demo`,
+    generated into <root>/shapes)."""
     root = _root() if root is None else root
-    _register_coco(root)
-    _register_ade20k(root)
+    _register_instances(root)
+    _register_coco_panoptic(root)
+    _register_sem_seg(root)
     _register_cityscapes(root)
-    _register_mapillary(root)
-    _register_shapes(root)
-
-
-def _register_shapes(root: str) -> None:
-    """The bundled synthetic dataset (`make demo`), generated into <root>/shapes."""
-    from ...synthetic import register_bundled_datasets
-
     register_bundled_datasets(os.path.join(root, "shapes"))
 
 

@@ -167,91 +167,38 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     """
     require_path(json_file, "COCO annotation file", "Check the dataset's json_file path.")
     data = read_json_object(json_file, "COCO annotation file")
-    cats = entries(data, "categories", json_file)
+    cat_names = read_categories(data, json_file)
     images = entries(data, "images", json_file)
     if "annotations" not in data:
         logger.warning(
             "%s has no 'annotations': its %d images load without annotations", json_file, len(images)
         )
     anns = entries(data, "annotations", json_file, required=False)
-
-    cat_names = {}
-    for i, c in enumerate(cats):
-        cid = field(c, "id", "int", f"categories[{i}]", json_file)
-        if cid in cat_names:
-            raise DatasetFormatError(f"{json_file} lists category id {cid} twice")
-        cat_names[cid] = field(c, "name", "str", f"Category {cid}", json_file)
-    id_map = {cid: i for i, cid in enumerate(sorted(cat_names))}
-    if dataset_name is not None:
-        meta = MetadataCatalog.get(dataset_name)
-        if "thing_dataset_id_to_contiguous_id" in meta:
-            id_map = meta.thing_dataset_id_to_contiguous_id
-        else:
-            meta.set(
-                thing_classes=[cat_names[c] for c in sorted(cat_names)],
-                thing_dataset_id_to_contiguous_id=id_map,
-            )
+    id_map = _thing_id_map(cat_names, dataset_name)
 
     records = {}
     for i, img in enumerate(images):
         img_id = field(img, "id", "id", f"images[{i}]", json_file)
         if img_id in records:
             raise DatasetFormatError(f"{json_file} lists image id {img_id!r} twice")
-        where = f"Image {img_id!r}"
-        records[img_id] = {
-            "file_name": os.path.join(image_root, field(img, "file_name", "str", where, json_file)),
-            "height": field(img, "height", "size", where, json_file),
-            "width": field(img, "width", "size", where, json_file),
-            "image_id": img_id,
-            "annotations": [],
-        }
+        records[img_id] = _image_record(img, img_id, image_root, json_file)
 
     ann_ids, dropped = set(), 0
     for i, ann in enumerate(anns):
         ann_id = field(ann, "id", "id", f"annotations[{i}]", json_file)
-        where = f"Annotation {ann_id!r}"
         if ann_id in ann_ids:
             raise DatasetFormatError(f"{json_file} lists annotation id {ann_id!r} twice")
         ann_ids.add(ann_id)
-        img_id = field(ann, "image_id", "id", where, json_file)
-        if img_id not in records:
-            raise DatasetFormatError(
-                f"{where} in {json_file} has image_id {img_id!r}, which 'images' does not list"
-            )
-        cat_id = field(ann, "category_id", "int", where, json_file)
-        if cat_id not in cat_names:
-            raise DatasetFormatError(
-                f"{where} in {json_file} has category_id {cat_id}, which 'categories' does not list"
-            )
-        if cat_id not in id_map:
-            raise DatasetFormatError(
-                f"{where} in {json_file} has category_id {cat_id}, "
-                f"which the metadata of {dataset_name or 'this dataset'} does not list"
-            )
-        if "segmentation" not in ann or ann["segmentation"] is None:
-            raise DatasetFormatError(f"{where} in {json_file} has no segmentation")
-        if "bbox" not in ann:
-            raise DatasetFormatError(f"{where} in {json_file} has no 'bbox'")
-        bbox = _check_bbox(ann["bbox"], where, json_file)
-        iscrowd = ann.get("iscrowd", 0)
-        if not (_is_int(iscrowd) and iscrowd in (0, 1)):
-            raise DatasetFormatError(f"{where} in {json_file}: iscrowd is {iscrowd!r}, expected 0 or 1")
+        where = f"Annotation {ann_id!r}"
+        img_id, instance = _check_annotation(ann, where, records, cat_names, id_map, dataset_name, json_file)
         if ann.get("ignore", 0):
             continue
         rec = records[img_id]
-        segm = _check_segmentation(ann["segmentation"], (rec["height"], rec["width"]), where, json_file)
-        if not segm:
+        instance = _with_segmentation(instance, ann, (rec["height"], rec["width"]), where, json_file)
+        if instance is None:
             dropped += 1
-            continue
-        rec["annotations"].append(
-            {
-                "bbox": bbox,
-                "bbox_mode": BBOX_MODE_XYWH_ABS,
-                "category_id": id_map[cat_id],
-                "segmentation": segm,
-                "iscrowd": int(iscrowd),
-            }
-        )
+        else:
+            rec["annotations"].append(instance)
     if dropped:
         logger.warning(
             "%s: dropped %d annotations whose polygons all have fewer than 3 points", json_file, dropped
@@ -259,6 +206,97 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     dicts = [records[k] for k in sorted(records, key=lambda k: (isinstance(k, str), k))]
     logger.info("Loaded %d images in COCO format from %s", len(dicts), json_file)
     return dicts
+
+
+def read_categories(data: dict, json_file: str) -> dict[int, str]:
+    """The JSON's "categories" as {id: name}; DatasetFormatError for a mistyped or repeated id."""
+    cat_names = {}
+    for i, c in enumerate(entries(data, "categories", json_file)):
+        cid = field(c, "id", "int", f"categories[{i}]", json_file)
+        if cid in cat_names:
+            raise DatasetFormatError(f"{json_file} lists category id {cid} twice")
+        cat_names[cid] = field(c, "name", "str", f"Category {cid}", json_file)
+    return cat_names
+
+
+def _thing_id_map(cat_names: dict[int, str], dataset_name: str | None) -> dict[int, int]:
+    """Dataset category id -> contiguous id: from the metadata of `dataset_name` when it has a
+    map, else the JSON's ids in sorted order (then set on the metadata with the class names)."""
+    id_map = {cid: i for i, cid in enumerate(sorted(cat_names))}
+    if dataset_name is None:
+        return id_map
+    meta = MetadataCatalog.get(dataset_name)
+    if "thing_dataset_id_to_contiguous_id" in meta:
+        return meta.thing_dataset_id_to_contiguous_id
+    meta.set(
+        thing_classes=[cat_names[c] for c in sorted(cat_names)], thing_dataset_id_to_contiguous_id=id_map
+    )
+    return id_map
+
+
+def _image_record(img: dict, img_id, image_root: str, json_file: str) -> dict:
+    """The dataset dict of one "images" entry, its annotations still empty."""
+    where = f"Image {img_id!r}"
+    return {
+        "file_name": os.path.join(image_root, field(img, "file_name", "str", where, json_file)),
+        "height": field(img, "height", "size", where, json_file),
+        "width": field(img, "width", "size", where, json_file),
+        "image_id": img_id,
+        "annotations": [],
+    }
+
+
+def _check_annotation(
+    ann: dict,
+    where: str,
+    records: dict,
+    cat_names: dict,
+    id_map: dict,
+    dataset_name: str | None,
+    json_file: str,
+) -> tuple:
+    """(image id, {bbox, bbox_mode, category_id (contiguous), iscrowd}) of an annotation whose
+    ids point somewhere and that has a segmentation; DatasetFormatError naming `where` and the
+    file otherwise. The segmentation is checked by `_with_segmentation`, which needs the image."""
+    img_id = field(ann, "image_id", "id", where, json_file)
+    if img_id not in records:
+        raise DatasetFormatError(
+            f"{where} in {json_file} has image_id {img_id!r}, which 'images' does not list"
+        )
+    cat_id = field(ann, "category_id", "int", where, json_file)
+    if cat_id not in cat_names:
+        raise DatasetFormatError(
+            f"{where} in {json_file} has category_id {cat_id}, which 'categories' does not list"
+        )
+    if cat_id not in id_map:
+        raise DatasetFormatError(
+            f"{where} in {json_file} has category_id {cat_id}, "
+            f"which the metadata of {dataset_name or 'this dataset'} does not list"
+        )
+    if "segmentation" not in ann or ann["segmentation"] is None:
+        raise DatasetFormatError(f"{where} in {json_file} has no segmentation")
+    if "bbox" not in ann:
+        raise DatasetFormatError(f"{where} in {json_file} has no 'bbox'")
+    bbox = _check_bbox(ann["bbox"], where, json_file)
+    iscrowd = ann.get("iscrowd", 0)
+    if not (_is_int(iscrowd) and iscrowd in (0, 1)):
+        raise DatasetFormatError(f"{where} in {json_file}: iscrowd is {iscrowd!r}, expected 0 or 1")
+    instance = {
+        "bbox": bbox,
+        "bbox_mode": BBOX_MODE_XYWH_ABS,
+        "category_id": id_map[cat_id],
+        "iscrowd": int(iscrowd),
+    }
+    return img_id, instance
+
+
+def _with_segmentation(
+    instance: dict, ann: dict, hw: tuple[int, int], where: str, json_file: str
+) -> dict | None:
+    """`instance` with the checked segmentation of `ann` (image size `hw`); None when no polygon
+    of at least 3 points is left."""
+    segm = _check_segmentation(ann["segmentation"], hw, where, json_file)
+    return {**instance, "segmentation": segm} if segm else None
 
 
 def load_sem_seg(gt_root: str, image_root: str, gt_ext: str = ".png", image_ext: str = ".jpg") -> list[dict]:
@@ -324,6 +362,7 @@ __all__ = [
     "field",
     "load_coco_json",
     "load_sem_seg",
+    "read_categories",
     "read_json_object",
     "register_coco_instances",
     "register_sem_seg",

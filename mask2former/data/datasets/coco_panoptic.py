@@ -7,7 +7,7 @@ import os
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..detection_utils import DatasetFormatError
-from .coco import entries, field, read_json_object, require_path
+from .coco import entries, field, read_categories, read_json_object, require_path
 
 logger = logging.getLogger(__name__)
 
@@ -53,69 +53,22 @@ def load_coco_panoptic_json(
     require_path(gt_dir, "Panoptic PNG folder", "Unzip the panoptic PNGs next to the panoptic JSON.")
     data = read_json_object(json_file, "panoptic JSON")
     annotations = entries(data, "annotations", json_file)
-    cat_ids = set()
-    for i, c in enumerate(entries(data, "categories", json_file)):
-        cid = field(c, "id", "int", f"categories[{i}]", json_file)
-        field(c, "name", "str", f"Category {cid}", json_file)
-        if cid in cat_ids:
-            raise DatasetFormatError(f"{json_file} lists category id {cid} twice")
-        cat_ids.add(cid)
+    read_categories(data, json_file)
     thing_map, all_map = _panoptic_id_maps(meta, data)
-    images = {}
-    for i, img in enumerate(entries(data, "images", json_file, required=False)):
-        img_id = field(img, "id", "id", f"images[{i}]", json_file)
-        field(img, "file_name", "str", f"Image {img_id!r}", json_file)
-        if "height" in img or "width" in img:
-            field(img, "height", "size", f"Image {img_id!r}", json_file)
-            field(img, "width", "size", f"Image {img_id!r}", json_file)
-        images[img_id] = img
+    images = _panoptic_images(data, json_file)
     dicts = []
     for i, ann in enumerate(annotations):
         image_id = field(ann, "image_id", "id", f"annotations[{i}]", json_file)
         png = field(ann, "file_name", "str", f"Annotation of image {image_id!r}", json_file)
-        where = f"Annotation {png}"
         if images and image_id not in images:
             raise DatasetFormatError(
-                f"{where} in {json_file} has image_id {image_id!r}, which 'images' does not list"
+                f"Annotation {png} in {json_file} has image_id {image_id!r}, which 'images' does not list"
             )
+        segments = _segments(ann, png, thing_map, all_map, json_file)
         stem = os.path.splitext(png)[0]
         img = images.get(image_id)
-        image_file = img["file_name"] if img is not None else stem + image_ext
-        segments_info = ann.get("segments_info")
-        if not isinstance(segments_info, list) or not all(isinstance(s, dict) for s in segments_info):
-            raise DatasetFormatError(
-                f"{where} in {json_file}: 'segments_info' is {segments_info!r:.60}, expected a list of objects"
-            )
-        segments, seen = [], set()
-        for j, s in enumerate(segments_info):
-            seg_id = field(s, "id", "int", f"Segment {j} of {png}", json_file)
-            swhere = f"Segment {seg_id} of {png}"
-            if not 0 < seg_id < 256**3:
-                raise DatasetFormatError(
-                    f"{swhere} in {json_file}: id must be in [1, 256**3) (R + 256 G + 256**2 B)"
-                )
-            if seg_id in seen:
-                raise DatasetFormatError(f"{where} in {json_file} lists segment id {seg_id} twice")
-            seen.add(seg_id)
-            iscrowd = s.get("iscrowd", 0)
-            if not (isinstance(iscrowd, int) and iscrowd in (0, 1)):
-                raise DatasetFormatError(f"{swhere} in {json_file}: iscrowd is {iscrowd!r}, expected 0 or 1")
-            cat_id = field(s, "category_id", "int", swhere, json_file)
-            if cat_id not in all_map:
-                raise DatasetFormatError(
-                    f"{swhere} in {json_file} has category_id {cat_id}, which the metadata does not list"
-                )
-            segments.append(
-                {
-                    "id": seg_id,
-                    "category_id": all_map[cat_id],
-                    "isthing": cat_id in thing_map,
-                    "iscrowd": int(iscrowd),
-                    "area": s.get("area"),
-                }
-            )
         record = {
-            "file_name": os.path.join(image_dir, image_file),
+            "file_name": os.path.join(image_dir, img["file_name"] if img is not None else stem + image_ext),
             "image_id": image_id,
             "pan_seg_file_name": os.path.join(gt_dir, png),
             "segments_info": segments,
@@ -129,6 +82,60 @@ def load_coco_panoptic_json(
         raise DatasetFormatError(f"No annotations in panoptic JSON {json_file}")
     logger.info("Loaded %d images in COCO panoptic format from %s", len(dicts), json_file)
     return dicts
+
+
+def _panoptic_images(data: dict, json_file: str) -> dict:
+    """The optional "images" list as {id: entry}, each with a file name and, when it gives
+    one, a valid size."""
+    images = {}
+    for i, img in enumerate(entries(data, "images", json_file, required=False)):
+        img_id = field(img, "id", "id", f"images[{i}]", json_file)
+        field(img, "file_name", "str", f"Image {img_id!r}", json_file)
+        if "height" in img or "width" in img:
+            field(img, "height", "size", f"Image {img_id!r}", json_file)
+            field(img, "width", "size", f"Image {img_id!r}", json_file)
+        images[img_id] = img
+    return images
+
+
+def _segments(ann: dict, png: str, thing_map: dict, all_map: dict, json_file: str) -> list[dict]:
+    """The checked "segments_info" of the annotation of `png`, with contiguous category ids."""
+    segments_info = ann.get("segments_info")
+    if not isinstance(segments_info, list) or not all(isinstance(s, dict) for s in segments_info):
+        raise DatasetFormatError(
+            f"Annotation {png} in {json_file}: 'segments_info' is {segments_info!r:.60}, expected a list of objects"
+        )
+    seen: set[int] = set()
+    return [_segment(s, j, png, seen, thing_map, all_map, json_file) for j, s in enumerate(segments_info)]
+
+
+def _segment(
+    s: dict, j: int, png: str, seen: set[int], thing_map: dict, all_map: dict, json_file: str
+) -> dict:
+    """One entry of segments_info: {id, category_id (contiguous), isthing, iscrowd, area}; its id
+    is added to `seen`, the ids of the image's earlier segments."""
+    seg_id = field(s, "id", "int", f"Segment {j} of {png}", json_file)
+    where = f"Segment {seg_id} of {png}"
+    if not 0 < seg_id < 256**3:
+        raise DatasetFormatError(f"{where} in {json_file}: id must be in [1, 256**3) (R + 256 G + 256**2 B)")
+    if seg_id in seen:
+        raise DatasetFormatError(f"Annotation {png} in {json_file} lists segment id {seg_id} twice")
+    seen.add(seg_id)
+    iscrowd = s.get("iscrowd", 0)
+    if not (isinstance(iscrowd, int) and iscrowd in (0, 1)):
+        raise DatasetFormatError(f"{where} in {json_file}: iscrowd is {iscrowd!r}, expected 0 or 1")
+    cat_id = field(s, "category_id", "int", where, json_file)
+    if cat_id not in all_map:
+        raise DatasetFormatError(
+            f"{where} in {json_file} has category_id {cat_id}, which the metadata does not list"
+        )
+    return {
+        "id": seg_id,
+        "category_id": all_map[cat_id],
+        "isthing": cat_id in thing_map,
+        "iscrowd": int(iscrowd),
+        "area": s.get("area"),
+    }
 
 
 def register_coco_panoptic(

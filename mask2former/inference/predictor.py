@@ -1,0 +1,113 @@
+"""`Predictor`: a model built from a config, for inference on images in memory or on disk.
+
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/shapes/maskformer2_R18_shapes.yaml")
+    cfg.merge_from_list(["MODEL.WEIGHTS", "output/shapes/model_final.pth"])
+    predictor = Predictor(cfg)
+    result = predictor(cv2.imread("input.jpg"))                    # one BGR image -> one dict
+    results = predictor([img_a, img_b, "c.png"], format="RGB")     # a list -> a list of dicts
+
+Each result dict holds what the config switches on (MODEL.MASK_FORMER.TEST.*_ON), at the
+original image's resolution: "sem_seg" float [K, H, W], "panoptic_seg" (int32 [H, W] ids,
+segments_info), "instances" (Instances with pred_masks bool [N, H, W], pred_boxes, scores,
+pred_classes). Images are resized as in evaluation (shortest edge INPUT.MIN_SIZE_TEST, longest
+at most INPUT.MAX_SIZE_TEST); a list is run in batches of `batch_size` images per forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from ..checkpoint import load_weights
+from ..data.catalog import MetadataCatalog
+from ..data.detection_utils import read_image
+from ..data.transforms import shortest_edge_size
+from ..modeling import build_model
+
+logger = logging.getLogger(__name__)
+
+ImageInput = np.ndarray | str | os.PathLike
+
+__all__ = ["ImageInput", "Predictor"]
+
+
+class Predictor:
+    """Build the model of `cfg`, load `cfg.MODEL.WEIGHTS` when set, and run inference.
+
+    Attributes:
+        cfg: a frozen copy of the config.
+        model: the model, in eval mode, on MODEL.DEVICE.
+        metadata: Metadata of DATASETS.TEST[0] (else DATASETS.TRAIN[0]): class names and colours.
+        batch_size: images per forward pass when called on a list.
+    """
+
+    def __init__(self, cfg, batch_size: int = 8):
+        if batch_size < 1:
+            raise ValueError(f"Predictor batch_size must be at least 1, got {batch_size}")
+        self.cfg = cfg.clone()
+        self.cfg.freeze()
+        self.batch_size = batch_size
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if self.cfg.MODEL.WEIGHTS:
+            load_weights(self.model, self.cfg.MODEL.WEIGHTS)
+        names = list(self.cfg.DATASETS.TEST) or list(self.cfg.DATASETS.TRAIN)
+        self.metadata = MetadataCatalog.get(names[0] if names else "__unnamed_predictor_dataset")
+        self.input_format = self.cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+        self.min_size = int(self.cfg.INPUT.MIN_SIZE_TEST)
+        self.max_size = int(self.cfg.INPUT.MAX_SIZE_TEST)
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], format: str = "BGR") -> dict | list[dict]:
+        """Predict one image (returns one dict) or a list of images (returns a list of dicts).
+
+        Args:
+            images: an array uint8 [H, W, 3] in `format` channel order, a file path, or a list
+                of those.
+            format: "BGR" (as cv2.imread returns) or "RGB"; applies to arrays. Files are decoded
+                in the right order whatever `format` says.
+        """
+        if format not in ("BGR", "RGB"):
+            raise ValueError(f"Predictor format must be 'BGR' or 'RGB', got {format!r}")
+        single = isinstance(images, (np.ndarray, str, os.PathLike))
+        items = [images] if single else list(images)
+        if not items:
+            return []
+        inputs = [self._prepare(item, format, i) for i, item in enumerate(items)]
+        outputs: list[dict] = []
+        with torch.inference_mode():
+            for start in range(0, len(inputs), self.batch_size):
+                outputs.extend(self.model(inputs[start : start + self.batch_size]))
+        return outputs[0] if single else outputs
+
+    def _prepare(self, item: ImageInput, format: str, index: int) -> dict:
+        """One input -> the model's input dict: "image" uint8 [3, h, w] in INPUT.FORMAT order,
+        resized for testing, and the original "height" / "width"."""
+        if isinstance(item, (str, os.PathLike)):
+            rgb = read_image(os.fspath(item), "RGB")
+        elif isinstance(item, np.ndarray):
+            if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+                raise ValueError(
+                    f"Predictor input {index}: expected a uint8 array [H, W, 3], got {item.dtype} {item.shape}"
+                )
+            rgb = item[:, :, ::-1] if format == "BGR" else item
+        else:
+            raise TypeError(
+                f"Predictor input {index}: expected an array or a file path, got {type(item).__name__}"
+            )
+        h, w = rgb.shape[:2]
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3, H, W] RGB
+        if self.min_size > 0:
+            newh, neww = shortest_edge_size(h, w, self.min_size, self.max_size)
+            if (newh, neww) != (h, w):
+                image = TF.resize(image, [newh, neww], antialias=True)
+        if self.input_format == "BGR":
+            image = image.flip(0)
+        return {"image": image.contiguous(), "height": h, "width": w}

@@ -1,0 +1,261 @@
+"""Multi-scale deformable attention: the compiled op (CPU, CUDA) against the PyTorch reference and the fixture."""
+
+import importlib
+import warnings
+
+import pytest
+import torch
+
+from mask2former.layers.ms_deform_attn import (
+    compiled_op_available,
+    ms_deform_attn,
+    ms_deform_attn_reference,
+)
+from mask2former.utils.testing import load_fixture
+
+# The module, not the function of the same name that mask2former.layers re-exports.
+msda_module = importlib.import_module("mask2former.layers.ms_deform_attn")
+requires_op = pytest.mark.skipif(
+    not compiled_op_available("cpu"),
+    reason="mask2former._C is not built: run `pip install --no-build-isolation -e .`",
+)
+requires_cuda_op = pytest.mark.skipif(
+    not (torch.cuda.is_available() and compiled_op_available("cuda")),
+    reason="needs a GPU and mask2former._C built with CUDA kernels",
+)
+
+
+def random_inputs(
+    batch: int = 2,
+    levels: tuple[tuple[int, int], ...] = ((6, 7), (3, 4), (2, 1)),
+    queries: int = 9,
+    heads: int = 2,
+    channels: int = 5,
+    points: int = 3,
+    dtype: torch.dtype = torch.float64,
+    device: str = "cpu",
+    seed: int = 0,
+) -> tuple[torch.Tensor, ...]:
+    """(value [B,S,M,D], spatial_shapes [L,2], level_start_index [L], locations [B,Q,M,L,P,2], weights [B,Q,M,L,P]).
+
+    Locations span [-0.3, 1.3], so some samples fall partly or wholly outside the maps.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shapes = torch.tensor(levels, dtype=torch.long)
+    areas = shapes.prod(1)
+    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    L = len(levels)
+    value = torch.randn(batch, int(areas.sum()), heads, channels, generator=gen, dtype=torch.float64)
+    locations = (
+        torch.rand(batch, queries, heads, L, points, 2, generator=gen, dtype=torch.float64) * 1.6 - 0.3
+    )
+    weights = torch.rand(batch, queries, heads, L, points, generator=gen, dtype=torch.float64)
+    weights = weights / weights.sum((-1, -2), keepdim=True)
+    return (
+        value.to(device, dtype),
+        shapes.to(device),
+        starts.to(device),
+        locations.to(device, dtype),
+        weights.to(device, dtype),
+    )
+
+
+def run_with_grads(fn, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor | None = None):
+    """Output and the gradients of (value, locations, weights) for sum(output * grad_output)."""
+    value, shapes, starts, locations, weights = (
+        t.detach().requires_grad_(t.is_floating_point()) for t in inputs
+    )
+    out = fn(value, shapes, starts, locations, weights)
+    if grad_output is None:
+        grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out.backward(grad_output.to(out.device, out.dtype))
+    return out.detach(), value.grad, locations.grad, weights.grad
+
+
+def compiled(value, shapes, starts, locations, weights):
+    return ms_deform_attn(value, shapes, starts, locations, weights, impl="compiled")
+
+
+def reference(value, shapes, starts, locations, weights):
+    return ms_deform_attn_reference(value, shapes, locations, weights)
+
+
+@requires_op
+def test_fixture_case_float64():
+    case = load_fixture("reference_tiny_r18.pt")["msda"]
+    inputs = tuple(
+        case[k]
+        for k in ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
+    )
+    got = run_with_grads(compiled, inputs, case["grad_output"])
+    expected = (
+        case["output"],
+        case["grad_value"],
+        case["grad_sampling_locations"],
+        case["grad_attention_weights"],
+    )
+    for name, g, e in zip(("output", "grad_value", "grad_locations", "grad_weights"), got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@requires_op
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(),
+        dict(batch=3, channels=7, heads=3, points=1),
+        dict(batch=1, levels=((13, 5), (1, 1)), channels=1, queries=17),
+        dict(levels=((8, 12), (4, 6), (2, 3), (1, 2)), channels=32, heads=4, points=4),
+    ],
+)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_cpu_op_matches_reference(case, dtype, tol):
+    inputs = random_inputs(dtype=dtype, **case)
+    for name, g, e in zip(
+        ("output", "grad_value", "grad_locations", "grad_weights"),
+        run_with_grads(compiled, inputs),
+        run_with_grads(reference, inputs),
+    ):
+        assert g.dtype == dtype, name
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@requires_op
+def test_gradcheck_float64():
+    value, shapes, starts, locations, weights = random_inputs(
+        batch=2, levels=((4, 3), (2, 2)), queries=3, heads=2, channels=3, points=2
+    )
+    args = [t.requires_grad_() for t in (value, locations, weights)]
+
+    def fn(v, loc, w):
+        return torch.ops.mask2former.ms_deform_attn(v, shapes, starts, loc, w)
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7)
+
+
+@requires_op
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+def test_cpu_reduced_precision_with_float32_locations(dtype, tol):
+    """Half-precision values with float32 locations and weights, as under autocast."""
+    value, shapes, starts, locations, weights = random_inputs(channels=8)
+    value_low = value.to(dtype)
+    grad_output = torch.randn(2, 9, 2 * 8, dtype=torch.float64).to(dtype).double()  # exact in dtype
+    got = run_with_grads(
+        compiled, (value_low, shapes, starts, locations.float(), weights.float()), grad_output
+    )
+    expected = run_with_grads(compiled, (value_low.double(), shapes, starts, locations, weights), grad_output)
+    assert [t.dtype for t in got] == [dtype, dtype, torch.float32, torch.float32]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.double(), e, rtol=tol, atol=tol * max(1.0, e.abs().max().item()))
+
+
+@requires_op
+def test_opcheck():
+    inputs = list(random_inputs(batch=1, queries=4, channels=3))
+    for i in (0, 3, 4):
+        inputs[i].requires_grad_()
+    torch.library.opcheck(torch.ops.mask2former.ms_deform_attn.default, tuple(inputs))
+    grad_output = torch.randn(1, 4, 2 * 3, dtype=torch.float64)
+    detached = tuple(t.detach() for t in inputs)
+    torch.library.opcheck(torch.ops.mask2former.ms_deform_attn_backward.default, (grad_output, *detached))
+
+
+@requires_op
+def test_export_keeps_the_op():
+    value, shapes, starts, locations, weights = random_inputs(dtype=torch.float32)
+
+    class Attn(torch.nn.Module):
+        def forward(self, value, locations, weights):
+            return ms_deform_attn(value, shapes, starts, locations, weights)
+
+    exported = torch.export.export(Attn(), (value, locations, weights))
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert "mask2former.ms_deform_attn.default" in targets
+    torch.testing.assert_close(
+        exported.module()(value, locations, weights), reference(value, shapes, starts, locations, weights)
+    )
+
+
+@requires_op
+def test_input_errors_name_the_argument():
+    value, shapes, starts, locations, weights = random_inputs()
+    with pytest.raises(RuntimeError, match="attention_weights"):
+        compiled(value, shapes, starts, locations, weights[..., :1])
+    with pytest.raises(RuntimeError, match="level_start_index"):
+        compiled(value, shapes, starts + 1, locations, weights)
+    with pytest.raises(RuntimeError, match="spatial_shapes cover"):
+        compiled(value[:, :-1], shapes, starts, locations, weights)
+    with pytest.raises(ValueError, match="impl"):
+        ms_deform_attn(value, shapes, starts, locations, weights, impl="cuda")
+
+
+def test_fallback_warns_once_when_the_op_is_missing(monkeypatch):
+    monkeypatch.setattr(msda_module, "_loaded", {"module": None})
+    monkeypatch.setattr(msda_module, "_fallback_warned", set())
+    inputs = random_inputs()
+    with pytest.warns(RuntimeWarning, match="pip install --no-build-isolation -e ."):
+        first = ms_deform_attn(*inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = ms_deform_attn(*inputs)
+    expected = reference(*inputs)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="impl='compiled'"):
+        ms_deform_attn(*inputs, impl="compiled")
+
+
+@requires_cuda_op
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float32, 1e-5), (torch.float16, 3e-3), (torch.bfloat16, 2e-2), (torch.float64, 1e-10)],
+)
+@pytest.mark.parametrize("channels", [32, 5])
+def test_cuda_op_matches_float64_cpu_op(dtype, tol, channels):
+    value, shapes, starts, locations, weights = random_inputs(
+        batch=2, levels=((13, 17), (7, 9), (4, 5)), queries=40, heads=4, channels=channels, points=4
+    )
+    # The reference sees the same rounded values and output gradient, so only the kernel's arithmetic is tested.
+    value = value.to(dtype).double()
+    grad_output = torch.randn(2, 40, 4 * channels, dtype=torch.float64).to(dtype).double()
+    expected = run_with_grads(compiled, (value, shapes, starts, locations, weights), grad_output)
+    # Half-precision values with float32 locations and weights, as the pixel decoder gives them under autocast.
+    loc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    cuda_inputs = (
+        value.cuda().to(dtype),
+        shapes.cuda(),
+        starts.cuda(),
+        locations.cuda().to(loc_dtype),
+        weights.cuda().to(loc_dtype),
+    )
+    got = run_with_grads(compiled, cuda_inputs, grad_output)
+    assert [t.dtype for t in got] == [dtype, dtype, loc_dtype, loc_dtype]
+    for name, g, e in zip(("output", "grad_value", "grad_locations", "grad_weights"), got, expected):
+        scale = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(
+            g.double().cpu(), e, rtol=tol, atol=tol * scale, msg=lambda m, name=name: f"{name}: {m}"
+        )
+
+
+@requires_cuda_op
+def test_cuda_gradcheck_and_opcheck():
+    value, shapes, starts, locations, weights = random_inputs(device="cuda", channels=3)
+    args = [t.requires_grad_() for t in (value, locations, weights)]
+
+    def fn(v, loc, w):
+        return torch.ops.mask2former.ms_deform_attn(v, shapes, starts, loc, w)
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7)
+    torch.library.opcheck(
+        torch.ops.mask2former.ms_deform_attn.default, (args[0], shapes, starts, args[1], args[2])
+    )
+
+
+@requires_op
+def test_torch_compile_fullgraph_forward_backward():
+    inputs = random_inputs(dtype=torch.float32)
+    expected = run_with_grads(reference, inputs)
+    fn = torch.compile(ms_deform_attn, backend="aot_eager", fullgraph=True)
+    got = run_with_grads(fn, inputs)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
