@@ -1,6 +1,6 @@
 """Config node: fvcore's CfgNode with safe YAML loading, `_BASE_` inheritance and strict keys.
 
-Loading rules (shared by `merge_from_file`):
+Loading rules (`merge_from_file`; `merge_from_list` checks keys the same way):
 - YAML is read with a safe loader. The only Python tag accepted is the original project's
   `!!python/object/apply:eval ["<expr>"]`, which is evaluated by `safe_eval` (literals,
   arithmetic, comprehensions, `range`, `int`, `float`); every other Python tag is refused.
@@ -8,7 +8,10 @@ Loading rules (shared by `merge_from_file`):
 - A key this project does not define is an error when it sits in a section the project owns
   (a misspelt `MODEL.MASK_FORMER.HIDEN_DIM`), or when it is close to a known key. Keys of
   Detectron2 sections this project has no use for (`MODEL.RPN`, `MODEL.ROI_HEADS`, ...) are
-  reported once and ignored, so full dumps written by Detectron2 load.
+  reported once and ignored, so full dumps written by Detectron2 load; the same holds for such
+  keys given on the command line.
+- A key the project defines but does not implement (`config/key_support.py`) is refused, with
+  the reason, when set to anything but its default.
 """
 
 from __future__ import annotations
@@ -159,31 +162,41 @@ class CfgNode(_FvCfgNode):
         loaded = load_yaml_with_base(cfg_filename)
         ignored: list[str] = []
         known = self._keep_known(loaded, self, "", cfg_filename, ignored)
-        if ignored:
-            logger.warning(
-                "%s: ignoring %d key(s) this project does not use: %s",
-                cfg_filename,
-                len(ignored),
-                ", ".join(ignored),
-            )
+        _report_ignored(cfg_filename, ignored)
         self.merge_from_other_cfg(type(self)(known))
+        _check_supported(self, cfg_filename)
 
     def merge_from_list(self, cfg_list: list) -> None:
+        """`KEY VALUE` overrides. Keys are checked as in a config file: a foreign Detectron2 key
+        is ignored (with the same notice), a misspelt key of a known section is an error."""
         if len(cfg_list) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number of items: {cfg_list}")
-        for key in cfg_list[0::2]:
+        known, ignored = [], []
+        for key, value in zip(cfg_list[0::2], cfg_list[1::2]):
             node = self
             parts = key.split(".")
             for i, part in enumerate(parts):
                 if not isinstance(node, _FvCfgNode) or part not in node:
                     section = ".".join(parts[:i])
                     siblings = list(node.keys()) if isinstance(node, _FvCfgNode) else []
-                    raise ConfigError(f"unknown config key {key!r}{_suggest(part, siblings, section)}")
+                    foreign = (
+                        isinstance(node, _FvCfgNode)
+                        and section in _OPEN_SECTIONS
+                        and not difflib.get_close_matches(part, siblings, n=1, cutoff=0.8)
+                    )
+                    if not foreign:
+                        raise ConfigError(f"unknown config key {key!r}{_suggest(part, siblings, section)}")
+                    ignored.append(key)
+                    break
                 node = node[part]
+            else:
+                known += [key, value]
+        _report_ignored("command line", ignored)
         try:
-            super().merge_from_list(cfg_list)
+            super().merge_from_list(known)
         except (ValueError, KeyError, AssertionError) as e:
             raise ConfigError(f"bad override in {cfg_list}: {e}") from None
+        _check_supported(self, "command line")
 
     @staticmethod
     def _keep_known(loaded: dict, defaults: _FvCfgNode, prefix: str, source: str, ignored: list[str]) -> dict:
@@ -206,8 +219,37 @@ class CfgNode(_FvCfgNode):
                 raise ConfigError(
                     f"{source}: unknown config key {full!r}{_suggest(str(k), list(defaults), section)}"
                 )
-            ignored.append(full)
+            ignored.extend(_leaf_names(v, full))
         return known
+
+
+def _leaf_names(value: Any, name: str) -> list[str]:
+    """`name` of a leaf, or the full names of the leaves under a mapping."""
+    if not isinstance(value, dict) or not value:
+        return [name]
+    return [leaf for k, v in value.items() for leaf in _leaf_names(v, f"{name}.{k}")]
+
+
+_reported: set[str] = set()
+
+
+def _report_ignored(source: str, ignored: list[str]) -> None:
+    """One notice per source and key list, however often the same config is loaded in a process
+    (train_net reads it once to pick the device and once more in the worker)."""
+    if not ignored:
+        return
+    message = (
+        f"{source}: ignoring {len(ignored)} Detectron2 key(s) this project does not use: {', '.join(ignored)}"
+    )
+    if message not in _reported:
+        _reported.add(message)
+        logger.warning(message)
+
+
+def _check_supported(cfg: CfgNode, source: str) -> None:
+    from .key_support import check_supported
+
+    check_supported(cfg, source)
 
 
 def _suggest(key: str, candidates: list[str], section: str) -> str:

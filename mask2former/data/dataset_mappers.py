@@ -110,10 +110,18 @@ def _instances_from_masks(masks: torch.Tensor, classes: torch.Tensor) -> Instanc
 
 
 def _ignore_label(cfg) -> int:
+    """The label of void pixels: MODEL.SEM_SEG_HEAD.IGNORE_VALUE, which must agree with the
+    training set's metadata `ignore_label` where it has one."""
+    value = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
     if cfg.DATASETS.TRAIN:
-        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-        return int(meta.get("ignore_label", 255))
-    return 255
+        name = cfg.DATASETS.TRAIN[0]
+        registered = MetadataCatalog.get(name).get("ignore_label", value)
+        if int(registered) != value:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {value} but dataset {name!r} marks void pixels with "
+                f"{registered} (its metadata ignore_label); set IGNORE_VALUE to {registered}"
+            )
+    return value
 
 
 def _shortest_edge_augs(cfg, crop_with_category_area: bool, ignore_label: int) -> list:
@@ -155,6 +163,12 @@ class _TrainMapper:
         if not is_train:
             raise ValueError(
                 f"{type(self).__name__} is a training mapper; use InferenceDatasetMapper for evaluation"
+            )
+        if cfg.INPUT.MASK_FORMAT not in ("polygon", "bitmask"):
+            # Polygon and RLE annotations are both rasterised to bit masks here (as the
+            # original's mappers do), so either value gives the same targets.
+            raise ValueError(
+                f"INPUT.MASK_FORMAT must be 'polygon' or 'bitmask', got {cfg.INPUT.MASK_FORMAT!r}"
             )
         self.is_train = is_train
         self.image_format = cfg.INPUT.FORMAT

@@ -37,21 +37,29 @@ from mask2former.utils.events import (
     JSONWriter,
     TensorboardWriter,
 )
+from mask2former.utils.precision import autocast_dtype
 
 from . import hooks as hooks_module
 from .hook_base import HookBase
 
 logger = logging.getLogger(__name__)
 
-_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+_AMP_DTYPES = ("float16", "bfloat16")
 
 
-def amp_dtype(cfg) -> torch.dtype:
-    """The autocast dtype SOLVER.AMP.PRECISION names."""
+def amp_precision_name(cfg) -> str:
+    """SOLVER.AMP.PRECISION, checked (also when AMP is off, so a typo does not wait for a run with it on)."""
     precision = cfg.SOLVER.AMP.PRECISION
     if precision not in _AMP_DTYPES:
         raise ValueError(f"SOLVER.AMP.PRECISION must be one of {sorted(_AMP_DTYPES)}, got {precision!r}")
-    return _AMP_DTYPES[precision]
+    return precision
+
+
+def amp_dtype(cfg) -> torch.dtype:
+    """The autocast dtype SOLVER.AMP.PRECISION names on MODEL.DEVICE (float16 on a CPU runs
+    in bfloat16, with one warning)."""
+    precision = amp_precision_name(cfg)
+    return autocast_dtype(precision, torch.device(cfg.MODEL.DEVICE).type, "SOLVER.AMP.PRECISION")
 
 
 def create_ddp_model(model: nn.Module) -> nn.Module:
@@ -110,7 +118,12 @@ class Trainer:
         self.device = torch.device(cfg.MODEL.DEVICE)
 
         self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
-        self.amp_dtype = amp_dtype(cfg)
+        amp_precision_name(cfg)  # checked even with AMP off
+        self.amp_dtype = amp_dtype(cfg) if self.amp_enabled else torch.float32
+        logger.info(
+            "Training precision: %s",
+            f"{self.amp_dtype} autocast (SOLVER.AMP)" if self.amp_enabled else "float32",
+        )
         use_scaler = self.amp_enabled and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.skip_nonfinite = bool(cfg.SOLVER.SKIP_NONFINITE_STEPS)
@@ -311,8 +324,29 @@ class Trainer:
         return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
+    def test_with_tta(cls, cfg, model: nn.Module, dataset_name: str) -> dict:
+        """Evaluate `model` with test-time augmentation (TEST.AUG.*) on one dataset; the tasks
+        are named with a "_TTA" suffix ("sem_seg_TTA"), as in the original project."""
+        from mask2former.evaluation import inference_on_dataset
+        from mask2former.modeling.test_time_augmentation import build_tta_model
+
+        tta = build_tta_model(cfg, unwrap_model(model))
+        logger.info(
+            "Test-time augmentation on %s: shortest edges %s (long edge <= %d)%s",
+            dataset_name,
+            list(tta.min_sizes),
+            tta.max_size,
+            ", each also flipped" if tta.flip else "",
+        )
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA", dataset_name)
+        evaluator = cls.build_evaluator(cfg, dataset_name, folder)
+        results = inference_on_dataset(tta, cls.build_test_loader(cfg, dataset_name), evaluator)
+        return {f"{task}_TTA": metrics for task, metrics in results.items()}
+
+    @classmethod
     def test(cls, cfg, model: nn.Module) -> OrderedDict:
-        """Evaluate `model` on every dataset of DATASETS.TEST. Returns {dataset: metrics}
+        """Evaluate `model` on every dataset of DATASETS.TEST, and again with test-time
+        augmentation when TEST.AUG.ENABLED (tasks "<task>_TTA"). Returns {dataset: metrics}
         (the metrics alone when there is one dataset; empty when there is none)."""
         results: OrderedDict = OrderedDict()
         if not cfg.DATASETS.TEST:
@@ -326,6 +360,8 @@ class Trainer:
                 loader = cls.build_test_loader(cfg, name)
                 evaluator = cls.build_evaluator(cfg, name)
                 results[name] = inference_on_dataset(model, loader, evaluator)
+                if cfg.TEST.AUG.ENABLED:
+                    results[name].update(cls.test_with_tta(cfg, model, name))
                 if dist_utils.is_main_process():
                     logger.info("Evaluation results for %s in csv format:", name)
                     print_csv_format(results[name])

@@ -29,6 +29,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg) -> torch.nn.Module:
     """The model named by MODEL.META_ARCHITECTURE, with random weights, on MODEL.DEVICE.
     Load weights with `mask2former.checkpoint.load_weights(model, cfg.MODEL.WEIGHTS)`."""
+    from ..config.key_support import check_supported
+
+    check_supported(cfg)  # also for values set in Python after loading
     device = resolve_device(cfg.MODEL.DEVICE)
     model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg).to(device)
     if cfg.MODEL.COMPILE:

@@ -3,6 +3,8 @@ training or semantic / panoptic / instance results at inference."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +18,8 @@ from ..inference.postprocessing import (
 from ..layers import ShapeSpec
 from ..structures import ImageList
 from .registry import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
+
+logger = logging.getLogger(__name__)
 
 
 class MaskFormer(nn.Module):
@@ -116,6 +120,7 @@ class MaskFormer(nn.Module):
             targets.append({"labels": inst.gt_classes.to(self.device), "masks": padded})
         return targets
 
+    @torch.no_grad()
     def postprocess(self, outputs: dict, batched_inputs: list[dict], images: ImageList) -> list[dict]:
         """Per image: crop and resize predictions to the output size, then the switched-on
         inferences, all in float32."""
@@ -215,12 +220,16 @@ def build_maskformer(cfg) -> MaskFormer:
         panoptic_on=test.PANOPTIC_ON,
         instance_on=test.INSTANCE_ON,
         test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-        inference_dtype=_inference_dtype(cfg.MODEL.INFERENCE_DTYPE),
+        inference_dtype=_inference_dtype(cfg),
     )
 
 
-def _inference_dtype(name: str) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"MODEL.INFERENCE_DTYPE must be one of {sorted(dtypes)}, got {name!r}")
-    return dtypes[name]
+def _inference_dtype(cfg) -> torch.dtype:
+    """MODEL.INFERENCE_DTYPE on MODEL.DEVICE (float16 on a CPU runs in bfloat16, with one warning)."""
+    from ..utils.precision import autocast_dtype
+
+    dtype = autocast_dtype(
+        cfg.MODEL.INFERENCE_DTYPE, torch.device(cfg.MODEL.DEVICE).type, "MODEL.INFERENCE_DTYPE"
+    )
+    logger.info("Inference precision: %s", "float32" if dtype == torch.float32 else f"{dtype} autocast")
+    return dtype

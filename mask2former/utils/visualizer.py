@@ -3,7 +3,7 @@ with outlines and class names; instances also get a box and their score.
 
     vis = Visualizer(image_rgb, metadata, scale=2.0)
     out = vis.draw_panoptic_seg(panoptic_seg, segments_info)   # or draw_instance_predictions /
-    cv2.imwrite("out.png", out.get_image()[:, :, ::-1])         # draw_sem_seg
+    cv2.imwrite("out.png", out.get_image()[:, :, ::-1])         # draw_sem_seg / draw_dataset_dict
     # or out.save("out.png")
 
 Images are RGB uint8 [H, W, 3]. Class names and colours come from the dataset metadata
@@ -216,3 +216,24 @@ class Visualizer:
                 if len(xs):
                     self.draw_text(label, (round(xs.min() * self.scale), round(ys.min() * self.scale) - 2))
         return VisImage(self.canvas)
+
+    def draw_dataset_dict(self, dic: dict) -> VisImage:
+        """The ground truth of one dataset dict (Detectron2's format, contiguous class ids): its
+        panoptic PNG with `segments_info`, else its instance `annotations`, else its semantic
+        label PNG. The image must be the dict's own, at its original size."""
+        from ..data.dataset_mappers import annotations_to_masks
+        from ..data.detection_utils import read_panoptic_png
+
+        if "pan_seg_file_name" in dic:
+            return self.draw_panoptic_seg(read_panoptic_png(dic["pan_seg_file_name"]), dic["segments_info"])
+        if "annotations" in dic:
+            masks, classes = annotations_to_masks(dic, self.input_hw)
+            return self.draw_instance_predictions(
+                Instances(self.input_hw, pred_masks=masks.bool(), pred_classes=classes)
+            )
+        if "sem_seg_file_name" in dic:
+            return self.draw_sem_seg(np.asarray(Image.open(dic["sem_seg_file_name"])))
+        raise KeyError(
+            f"dataset dict of {dic.get('file_name', '?')} has no ground truth to draw "
+            "(pan_seg_file_name, annotations or sem_seg_file_name)"
+        )

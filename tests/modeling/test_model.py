@@ -142,7 +142,6 @@ def test_outside_module_registered_and_built_from_yaml(tmp_path):
 # 0.0073 and 0.0042; mean semantic difference 0.0054 and 0.0024. Tolerances are about twice that.
 LOW_PRECISION_TOLERANCE = {  # dtype: (max semantic, mean semantic, max instance score)
     "bfloat16": (0.04, 0.01, 0.01),
-    "float16": (0.015, 0.005, 0.01),
 }
 
 
@@ -159,7 +158,9 @@ def test_low_precision_inference_keeps_float32_outputs(dtype):
         ref_out, low_out = reference(inputs)[0], low(inputs)[0]
     assert low_out["sem_seg"].dtype == torch.float32
     assert low_out["instances"].scores.dtype == torch.float32
-    max_sem, mean_sem, max_score = LOW_PRECISION_TOLERANCE[dtype]
+    # the CPU only emulates float16, so float16 runs as bfloat16 there (with one warning)
+    assert low.inference_dtype == torch.bfloat16
+    max_sem, mean_sem, max_score = LOW_PRECISION_TOLERANCE["bfloat16"]
     sem_diff = (low_out["sem_seg"] - ref_out["sem_seg"]).abs()
     assert sem_diff.max() <= max_sem and sem_diff.mean() <= mean_sem, (sem_diff.max(), sem_diff.mean())
     scores, ref_scores = low_out["instances"].scores.sort().values, ref_out["instances"].scores.sort().values

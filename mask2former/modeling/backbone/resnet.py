@@ -54,6 +54,25 @@ class BasicStem(nn.Module):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
+class DeepLabStem(nn.Module):
+    """Detectron2 DeepLab's stem: three 3x3 convs (stride 2, 1, 1; widths out/2, out/2, out),
+    each + norm + ReLU, then a 3x3 stride-2 max-pool: stride 4."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 128, norm: str = "BN"):
+        super().__init__()
+        self.out_channels = out_channels
+        self.conv1 = _conv(in_channels, out_channels // 2, 3, 2, norm)
+        self.conv2 = _conv(out_channels // 2, out_channels // 2, 3, 1, norm)
+        self.conv3 = _conv(out_channels // 2, out_channels, 3, 1, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu_(self.conv3(F.relu_(self.conv2(F.relu_(self.conv1(x))))))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+_STEMS = {"basic": BasicStem, "deeplab": DeepLabStem}
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34)."""
 
@@ -126,7 +145,7 @@ class ResNet(Backbone):
     """Stem + stages res2..res5 (stopping at the last requested output)."""
 
     def __init__(
-        self, stem: BasicStem, stages: list[list[nn.Module]], out_features: list[str], freeze_at: int = 0
+        self, stem: nn.Module, stages: list[list[nn.Module]], out_features: list[str], freeze_at: int = 0
     ):
         super().__init__()
         self.stem = stem
@@ -183,34 +202,56 @@ def _out_channels(block: nn.Module) -> int:
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
-    """ResNet from `MODEL.RESNETS.*` and `MODEL.BACKBONE.FREEZE_AT`."""
+    """ResNet from `MODEL.RESNETS.*` and `MODEL.BACKBONE.FREEZE_AT`. STEM_TYPE "basic" is the
+    7x7 stem of torchvision / Detectron2, "deeplab" the three-3x3 stem of Detectron2's DeepLab;
+    RES4_DILATION 2 (with RES5_DILATION 4) or RES5_DILATION 2 trade stride for dilation, and
+    a dilated res5's blocks use RES5_DILATION x RES5_MULTI_GRID[i] (DeepLab v3's multi-grid)."""
     r = cfg.MODEL.RESNETS
     depth = r.DEPTH
     if depth not in _BLOCKS_PER_STAGE:
         raise ValueError(f"MODEL.RESNETS.DEPTH must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}")
     if any(r.DEFORM_ON_PER_STAGE):
         raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE: deformable convolutions are not supported")
-    if r.RES5_DILATION not in (1, 2):
-        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {r.RES5_DILATION}")
-    stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, r.NORM)
+    if r.STEM_TYPE not in _STEMS:
+        raise ValueError(f"MODEL.RESNETS.STEM_TYPE must be one of {sorted(_STEMS)}, got {r.STEM_TYPE!r}")
+    if (r.RES4_DILATION, r.RES5_DILATION) not in ((1, 1), (1, 2), (2, 4)):
+        raise ValueError(
+            "MODEL.RESNETS.(RES4_DILATION, RES5_DILATION) must be (1, 1), (1, 2) or (2, 4) (output stride "
+            f"32, 16, 8), got ({r.RES4_DILATION}, {r.RES5_DILATION})"
+        )
+    num_res5_blocks = _BLOCKS_PER_STAGE[depth][3]
+    if depth in (18, 34):
+        if r.RES2_OUT_CHANNELS != 64:
+            raise ValueError(
+                f"MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for ResNet-{depth}, got {r.RES2_OUT_CHANNELS}"
+            )
+        if r.RES5_DILATION != 1 or r.NUM_GROUPS != 1:
+            raise ValueError(
+                f"ResNet-{depth} (basic blocks, no dilation) supports neither RES4/RES5_DILATION != 1 "
+                "nor NUM_GROUPS != 1"
+            )
+    # DeepLab v3's multi-grid scales the dilation of a dilated res5 (RES5_DILATION > 1).
+    multi_grid = [int(g) for g in r.RES5_MULTI_GRID] if r.RES5_DILATION > 1 else [1] * num_res5_blocks
+    if len(multi_grid) != num_res5_blocks:
+        raise ValueError(
+            f"MODEL.RESNETS.RES5_MULTI_GRID needs one factor per res5 block ({num_res5_blocks} for "
+            f"ResNet-{depth}), got {list(r.RES5_MULTI_GRID)}"
+        )
+    stem = _STEMS[r.STEM_TYPE](input_shape.channels, r.STEM_OUT_CHANNELS, r.NORM)
     out_features = list(r.OUT_FEATURES)
     last_stage = (
         max(int(f[3:]) for f in out_features if f.startswith("res")) if out_features != ["stem"] else 1
     )
     in_ch, out_ch = r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS
     bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP
-    if depth in (18, 34):
-        if out_ch != 64:
-            raise ValueError(f"MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for ResNet-{depth}, got {out_ch}")
-        if r.RES5_DILATION != 1 or r.NUM_GROUPS != 1:
-            raise ValueError(f"ResNet-{depth} supports neither RES5_DILATION != 1 nor NUM_GROUPS != 1")
     stages = []
     for stage_idx, num_blocks in zip(range(2, last_stage + 1), _BLOCKS_PER_STAGE[depth]):
-        dilation = r.RES5_DILATION if stage_idx == 5 else 1
-        first_stride = 1 if stage_idx == 2 or (stage_idx == 5 and dilation == 2) else 2
+        dilation = {4: r.RES4_DILATION, 5: r.RES5_DILATION}.get(stage_idx, 1)
+        first_stride = 1 if stage_idx == 2 or dilation > 1 else 2
         blocks = []
         for i in range(num_blocks):
             stride = first_stride if i == 0 else 1
+            block_dilation = dilation * multi_grid[i] if stage_idx == 5 else dilation
             if depth in (18, 34):
                 blocks.append(BasicBlock(in_ch, out_ch, stride=stride, norm=r.NORM))
             else:
@@ -223,7 +264,7 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
                         num_groups=r.NUM_GROUPS,
                         norm=r.NORM,
                         stride_in_1x1=r.STRIDE_IN_1X1,
-                        dilation=dilation,
+                        dilation=block_dilation,
                     )
                 )
             in_ch = out_ch

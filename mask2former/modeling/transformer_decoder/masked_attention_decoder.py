@@ -135,6 +135,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         mask_dim: int,
         enforce_input_project: bool,
         num_feature_levels: int = 3,
+        deep_supervision: bool = True,
     ):
         super().__init__()
         if not mask_classification:
@@ -142,6 +143,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if dec_layers < 1:
             raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {dec_layers}")
         self.num_heads = nheads
+        self.deep_supervision = deep_supervision  # in training: every layer's prediction, for the aux losses
         self.num_layers = dec_layers - 1  # the first prediction comes from the learnable queries
         self.num_feature_levels = num_feature_levels
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
@@ -175,14 +177,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     ) -> dict:
         """x: 3 x [B, C_in, H_l, W_l] (coarse to fine), mask_features [B, mask_dim, H, W] ->
         {"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, H, W]} plus, with deep supervision
-        (default: in training), "aux_outputs": the earlier layers' predictions.
+        (default: in training, when built with it), "aux_outputs": the earlier layers' predictions.
 
         Without deep supervision only the last layer's masks are made at full resolution: the
         attention masks of the layers before come from mask features resized once to each scale
         (resizing is linear, so resize(embed . features) = embed . resize(features))."""
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature scales, got {len(x)}")
-        deep_supervision = self.training if deep_supervision is None else deep_supervision
+        if deep_supervision is None:
+            deep_supervision = self.training and self.deep_supervision
         sizes = [tuple(f.shape[-2:]) for f in x]
         srcs, pos = [], []
         for i, f in enumerate(x):
@@ -242,7 +245,7 @@ def build_masked_transformer_decoder(
     cfg, in_channels: int, mask_classification: bool = True
 ) -> MultiScaleMaskedTransformerDecoder:
     """Reads MODEL.MASK_FORMER.{HIDDEN_DIM, NUM_OBJECT_QUERIES, NHEADS, DIM_FEEDFORWARD, DEC_LAYERS,
-    PRE_NORM, ENFORCE_INPUT_PROJ}, MODEL.SEM_SEG_HEAD.{NUM_CLASSES, MASK_DIM}."""
+    PRE_NORM, ENFORCE_INPUT_PROJ, DEEP_SUPERVISION}, MODEL.SEM_SEG_HEAD.{NUM_CLASSES, MASK_DIM}."""
     mf = cfg.MODEL.MASK_FORMER
     return MultiScaleMaskedTransformerDecoder(
         in_channels,
@@ -256,4 +259,5 @@ def build_masked_transformer_decoder(
         pre_norm=mf.PRE_NORM,
         mask_dim=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
         enforce_input_project=mf.ENFORCE_INPUT_PROJ,
+        deep_supervision=mf.DEEP_SUPERVISION,
     )
