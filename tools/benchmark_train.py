@@ -5,7 +5,7 @@ a few random rectangular instances per image), for several precisions side by si
 optionally against another checkout of the project (e.g. a release) in the same run.
 
     python tools/benchmark_train.py --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml \
-        --batch-size 1 --image-size 384 384 --amp off bfloat16 --baseline ../release MODEL.DEVICE cpu
+        --batch-size 1 --image-size 384 384 --amp off,bfloat16 --baseline ../release MODEL.DEVICE cpu
     python tools/benchmark_train.py --config-file configs/shapes/maskformer2_R18_shapes.yaml \
         --batch-size 1 --image-size 256 256 --amp off --rounds 2 MODEL.DEVICE cpu
 
@@ -79,6 +79,8 @@ class _PhaseClock:
     def mark(self, name: str) -> None:
         self._sync(self.device)
         self.stamps[name] = time.perf_counter()
+        if name in ("start", "end"):
+            self.stamps[name + "_cpu"] = time.process_time()
 
     def attach(self, model) -> None:
         model.register_forward_pre_hook(lambda *_: self.mark("start"))
@@ -96,6 +98,7 @@ class _PhaseClock:
             "backward": s["backward_end"] - s["loss_end"],
             "optimizer": s["end"] - s["backward_end"],
             "step": s["end"] - s["start"],
+            "cpu": s["end_cpu"] - s["start_cpu"],
         }
 
 
@@ -210,7 +213,9 @@ class _Variant:
             *args.opts,
         ]  # fmt: skip
         # the worker's own logs go to stderr (inherited); stdout carries the JSON messages
-        self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
     def receive(self) -> dict:
         line = self.process.stdout.readline()
@@ -228,7 +233,7 @@ class _Variant:
             self.process.wait()
 
     def summary(self, statistic) -> dict[str, float]:
-        return {key: statistic([s[key] for s in self.steps]) * 1000 for key in (*PHASES, "step")}
+        return {key: statistic([s[key] for s in self.steps]) * 1000 for key in (*PHASES, "step", "cpu")}
 
 
 def _print_table(variants: list[_Variant], reference: _Variant, args: argparse.Namespace) -> None:
@@ -237,18 +242,23 @@ def _print_table(variants: list[_Variant], reference: _Variant, args: argparse.N
         f"\n{args.config_file}: batch {args.batch_size} x {h}x{w}, {args.rounds} interleaved rounds of "
         f"{args.iters} steps per variant (after {args.warmup} warm-up steps)"
     )
-    header = f"{'variant':<28}" + "".join(f"{p:>11}" for p in (*PHASES, "step")) + f"{'speed-up':>10}{'peak MiB':>10}"
+    columns = (*PHASES, "step", "cpu")
+    header = f"{'variant':<28}" + "".join(f"{c:>11}" for c in columns)
+    header += f"{'speed-up':>10}{'cpu speed-up':>14}{'peak MiB':>10}"
     for name, statistic in (("median", statistics.median), ("best", min)):
         print(f"\n{name} over steps, ms")
         print(header)
-        ref_step = reference.summary(statistic)["step"]
+        ref = reference.summary(statistic)
         for v in variants:
             row = v.summary(statistic)
-            cells = "".join(f"{row[p]:>11.0f}" for p in (*PHASES, "step"))
-            print(f"{v.label:<28}{cells}{ref_step / row['step']:>9.2f}x{v.peak_mib:>10.0f}")
+            cells = "".join(f"{row[c]:>11.0f}" for c in columns)
+            ratios = f"{ref['step'] / row['step']:>9.2f}x{ref['cpu'] / row['cpu']:>13.2f}x"
+            print(f"{v.label:<28}{cells}{ratios}{v.peak_mib:>10.0f}")
     print(
-        f"\nspeed-up: {reference.label} step time / variant step time. On a shared machine absolute times "
-        "vary between runs; the ratios within one run (interleaved rounds) are what to compare."
+        "\nstep: wall time of the step (the sum of the phases); cpu: CPU time the worker process used in "
+        f"it (all threads). speed-up: {reference.label}'s time / the variant's. On a shared machine "
+        "absolute times vary between runs; compare the ratios within one run (interleaved rounds), "
+        "and CPU time, which other processes disturb less than wall time."
     )
 
 
@@ -275,17 +285,33 @@ def run_driver(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     return {v.label: v.summary(statistics.median) for v in variants}
 
 
+def _precisions(text: str) -> list[str]:
+    values = text.split(",")
+    unknown = [v for v in values if v not in ("off", "float16", "bfloat16")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown precision(s) {unknown}: use off, float16, bfloat16")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--batch-size", type=int, default=2, help="images per step")
     parser.add_argument("--image-size", type=int, nargs=2, default=(1024, 1024), metavar=("H", "W"))
-    precisions = ("off", "float16", "bfloat16")
     parser.add_argument(
-        "--amp", nargs="+", choices=precisions, default=["off", "bfloat16"], help="precisions of this checkout"
+        "--amp",
+        type=_precisions,
+        default=["off", "bfloat16"],
+        help="comma-separated precisions of this checkout, from off, float16, bfloat16 (default: off,bfloat16)",
     )
-    parser.add_argument("--baseline", metavar="DIR", help="another checkout (with its compiled op) to compare with")
-    parser.add_argument("--baseline-amp", nargs="+", choices=precisions, default=["off"], help="its precisions")
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="another checkout (with its compiled op) to compare with"
+    )
+    parser.add_argument(
+        "--baseline-amp", type=_precisions, default=["off"], help="its precisions (default: off)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, per variant")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--iters", type=int, default=2, help="timed steps per variant and round")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from . import point_sampling
@@ -152,6 +151,8 @@ class HungarianMatcher(nn.Module):
             costs.append(
                 self.cost_matrix(pred_logits[b], pred_masks[b], labels.to(pred_logits.device), masks)
             )
+        from scipy.optimize import linear_sum_assignment  # here: building a model for inference skips SciPy
+
         present = [c for c in costs if c is not None]
         on_host = torch.cat([c.flatten() for c in present]).cpu() if present else None  # one transfer
         indices, offset = [], 0
