@@ -279,7 +279,9 @@ def run_driver(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             v.run_round()
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            last = v.steps[-args.iters :]
+            times = ", ".join(f"{s['step'] * 1000:.0f} ms (cpu {s['cpu'] * 1000:.0f} ms)" for s in last)
+            print(f"round {r + 1}/{args.rounds}, {v.label}: {times}", file=sys.stderr, flush=True)
     reference = next((v for v in variants if v.label == "baseline off"), variants[0])
     _print_table(variants, reference, args)
     return {v.label: v.summary(statistics.median) for v in variants}
