@@ -22,17 +22,17 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-
-import cv2
-import numpy as np
-import tqdm
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.data.detection_utils import read_image  # noqa: E402
-from mask2former.inference import Predictor  # noqa: E402
-from mask2former.utils.visualizer import Visualizer  # noqa: E402
+# PyTorch, OpenCV and the model code are imported by the functions that use them, so that
+# `--help` and argument errors answer at once.
+if TYPE_CHECKING:
+    import cv2
+    import numpy as np
+
+    from mask2former.inference import Predictor
 
 logger = logging.getLogger("mask2former.demo")
 
@@ -66,6 +66,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace):
+    from mask2former.config import get_cfg
+
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
@@ -126,6 +128,8 @@ def draw_predictions(
 ) -> tuple[np.ndarray, int]:
     """Draw one image's predictions. Returns (RGB image, number of instances drawn; for
     panoptic results the number of thing segments)."""
+    from mask2former.utils.visualizer import Visualizer
+
     task = choose_task(task, predictions)
     vis = Visualizer(image_rgb, metadata, scale=scale)
     if task == "panoptic":
@@ -139,6 +143,11 @@ def draw_predictions(
 
 
 def run_on_images(predictor: Predictor, args: argparse.Namespace) -> list[dict]:
+    import cv2
+    import tqdm
+
+    from mask2former.data.detection_utils import read_image
+
     paths = expand_inputs(args.input)
     summary = []
     for path in tqdm.tqdm(paths, desc="demo", unit="image", disable=len(paths) < 2):
@@ -164,6 +173,8 @@ def run_on_images(predictor: Predictor, args: argparse.Namespace) -> list[dict]:
 
 
 def show(window: str, image_rgb: np.ndarray) -> None:
+    import cv2
+
     try:
         cv2.imshow(window, image_rgb[:, :, ::-1])
     except cv2.error as e:
@@ -173,6 +184,10 @@ def show(window: str, image_rgb: np.ndarray) -> None:
 
 
 def run_on_video(predictor: Predictor, args: argparse.Namespace) -> list[dict]:
+    import cv2
+    import numpy as np
+    import tqdm
+
     source = 0 if args.webcam else args.video_input
     cap = cv2.VideoCapture(source)
     if not cap.isOpened():
@@ -215,6 +230,8 @@ def _frames(cap: cv2.VideoCapture):
 
 
 def _video_writer(args: argparse.Namespace, fps: float, width: int, height: int) -> cv2.VideoWriter:
+    import cv2
+
     out = args.output
     if os.path.isdir(out) or not os.path.splitext(out)[1]:
         os.makedirs(out, exist_ok=True)
@@ -237,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         logging.basicConfig(
             level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
         )
+    from mask2former.inference import Predictor
+
     cfg = setup_cfg(args)
     predictor = Predictor(cfg)
     if args.input:

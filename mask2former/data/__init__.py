@@ -1,31 +1,48 @@
 """Datasets (catalog, builtin registrations, custom registration), dataset mappers with the
 original's augmentations, and data loaders. Importing this package registers the builtin
-datasets; it reads no files."""
+datasets; it reads no files. The loaders, mappers and augmentations (torchvision, OpenCV) are
+imported on first use, so that code needing only the catalog or `read_image` starts fast."""
 
-from . import transforms
-from .build import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-    trivial_batch_collator,
-)
+import importlib
+
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
-from .dataset_mappers import (
-    DATASET_MAPPER_REGISTRY,
-    COCOInstanceLSJDatasetMapper,
-    COCOPanopticLSJDatasetMapper,
-    InferenceDatasetMapper,
-    MaskFormerInstanceDatasetMapper,
-    MaskFormerPanopticDatasetMapper,
-    MaskFormerSemanticDatasetMapper,
-    build_dataset_mapper,
-)
 from .datasets.builtin import register_all
 from .datasets.coco import load_coco_json, load_sem_seg, register_coco_instances, register_sem_seg
 from .datasets.coco_panoptic import load_coco_panoptic_json, register_coco_panoptic
 from .detection_utils import DatasetFormatError, read_image
 
 register_all()
+
+# name -> submodule defining it, imported when the name is first read
+_LAZY = {
+    "transforms": ".transforms",
+    "build_detection_test_loader": ".build",
+    "build_detection_train_loader": ".build",
+    "get_detection_dataset_dicts": ".build",
+    "trivial_batch_collator": ".build",
+    "DATASET_MAPPER_REGISTRY": ".dataset_mappers",
+    "COCOInstanceLSJDatasetMapper": ".dataset_mappers",
+    "COCOPanopticLSJDatasetMapper": ".dataset_mappers",
+    "InferenceDatasetMapper": ".dataset_mappers",
+    "MaskFormerInstanceDatasetMapper": ".dataset_mappers",
+    "MaskFormerPanopticDatasetMapper": ".dataset_mappers",
+    "MaskFormerSemanticDatasetMapper": ".dataset_mappers",
+    "build_dataset_mapper": ".dataset_mappers",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name], __name__)
+    value = module if name == "transforms" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "COCOInstanceLSJDatasetMapper",

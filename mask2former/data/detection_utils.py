@@ -157,6 +157,18 @@ def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.
         raise DatasetFormatError(f"Cannot decode the RLE in {source}: {e}") from e
 
 
+def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """Detectron2's ResizeShortestEdge output size: shortest side -> `short`, longest side at
+    most `max_size`, rounded half up; at least 1 pixel (a 2x3000 image capped at max_size would
+    otherwise round to height 0)."""
+    scale = short / min(h, w)
+    newh, neww = h * scale, w * scale
+    if max(newh, neww) > max_size:
+        scale = max_size / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
+
+
 __all__ = [
     "DatasetFormatError",
     "check_image_size",
@@ -166,4 +178,5 @@ __all__ = [
     "read_panoptic_png",
     "rgb2id",
     "segmentation_to_mask",
+    "shortest_edge_size",
 ]

@@ -19,6 +19,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from .detection_utils import shortest_edge_size
+
 Sample = dict
 
 
@@ -29,18 +31,6 @@ def _size(sample: Sample) -> tuple[int, int]:
 
 def _apply(sample: Sample, fn) -> Sample:
     return {k: fn(v) if isinstance(v, (tv_tensors.Image, tv_tensors.Mask)) else v for k, v in sample.items()}
-
-
-def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """Detectron2's ResizeShortestEdge output size: shortest side -> `short`, longest side at
-    most `max_size`, rounded half up; at least 1 pixel (a 2x3000 image capped at max_size would
-    otherwise round to height 0)."""
-    scale = short / min(h, w)
-    newh, neww = h * scale, w * scale
-    if max(newh, neww) > max_size:
-        scale = max_size / max(newh, neww)
-        newh, neww = newh * scale, neww * scale
-    return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
 
 class ResizeShortestEdge:

@@ -22,12 +22,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
+import torch.nn.functional as F
 
 from ..checkpoint import load_weights
 from ..data.catalog import MetadataCatalog
-from ..data.detection_utils import read_image
-from ..data.transforms import shortest_edge_size
+from ..data.detection_utils import read_image, shortest_edge_size
 from ..modeling import build_model
 
 logger = logging.getLogger(__name__)
@@ -107,7 +106,10 @@ class Predictor:
         if self.min_size > 0:
             newh, neww = shortest_edge_size(h, w, self.min_size, self.max_size)
             if (newh, neww) != (h, w):
-                image = TF.resize(image, [newh, neww], antialias=True)
+                # what torchvision's resize does for uint8 images (bit for bit), without importing it
+                image = F.interpolate(
+                    image[None], size=(newh, neww), mode="bilinear", align_corners=False, antialias=True
+                )[0]
         if self.input_format == "BGR":
             image = image.flip(0)
         return {"image": image.contiguous(), "height": h, "width": w}

@@ -183,9 +183,6 @@ def _warn_fallback_once(device_type: str) -> None:
     )
 
 
-# Evaluated once per trace under torch.compile (the extension is loaded outside the graph), so that
-# even a first call inside a compiled region works with fullgraph=True.
-@torch.compiler.assume_constant_result
 def _resolve_impl(impl: str, device_type: str) -> str:
     """The implementation that runs: "compiled" or "reference" (see `ms_deform_attn`)."""
     if impl not in _IMPLS:
@@ -201,6 +198,14 @@ def _resolve_impl(impl: str, device_type: str) -> str:
             f"(extension loaded: {load_extension() is not None}); {BUILD_HINT}"
         )
     return impl
+
+
+# Evaluated once per trace under torch.compile (the extension is loaded outside the graph), so that
+# even a first call inside a compiled region works with fullgraph=True. This is the marker that
+# `torch.compiler.assume_constant_result` sets; set here directly because that decorator imports
+# torch._dynamo (about a second) when this module is imported, compiled or not.
+# test_torch_compile_fullgraph_forward_backward checks that Dynamo still honours it.
+_resolve_impl._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -143,7 +143,11 @@ class SetCriterion(nn.Module):
             `_{i}` for auxiliary output i; each a weighted 0-d tensor.
         """
         self._check_targets(outputs["pred_logits"], targets)
-        num_masks = self._num_masks(targets, outputs["pred_logits"].device)
+        device = outputs["pred_logits"].device
+        # Every decoder output's matching and mask loss samples the target masks as float32:
+        # convert them once here rather than once per output.
+        targets = [{**t, "masks": t["masks"].to(device=device, dtype=torch.float32)} for t in targets]
+        num_masks = self._num_masks(targets, device)
         losses = self._output_losses(outputs, targets, num_masks, suffix="")
         if self.num_aux:
             aux_outputs = outputs.get("aux_outputs", [])

@@ -60,6 +60,39 @@ def _hyper(optimizer):
     return {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
 
 
+def test_fused_adamw_step_matches_the_update_rule_written_out():
+    """The optimizer uses PyTorch's fused kernel on the CPU; two steps of it give what AdamW's
+    formula (decoupled weight decay, bias-corrected moments) gives, per parameter group."""
+    model = _Model()
+    optimizer = build_optimizer(_cfg(), model)
+    assert all(g["fused"] for g in optimizer.param_groups)
+    generator = torch.Generator().manual_seed(0)
+    expected = {}
+    for group in optimizer.param_groups:
+        lr, decay = group["lr"], group["weight_decay"]
+        (beta1, beta2), eps = group["betas"], group["eps"]
+        for p in group["params"]:
+            value, m, v = p.detach().clone().double(), torch.zeros_like(p, dtype=torch.float64), 0
+            for step in (1, 2):
+                grad = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+                m = beta1 * m + (1 - beta1) * grad
+                v = beta2 * v + (1 - beta2) * grad**2
+                value = value * (1 - lr * decay)
+                m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
+                value = value - lr * m_hat / (v_hat.sqrt() + eps)
+            expected[p] = value
+    generator.manual_seed(0)
+    grads = {  # the same draws, in the same order as above
+        p: [torch.randn(p.shape, generator=generator, dtype=torch.float64) for _ in (1, 2)] for p in expected
+    }
+    for step in (0, 1):
+        for p, g in grads.items():
+            p.grad = g[step].float()
+        optimizer.step()
+    for p, value in expected.items():
+        torch.testing.assert_close(p.detach().double(), value, rtol=1e-5, atol=1e-6)
+
+
 def test_param_groups_lr_and_weight_decay():
     model = _Model()
     optimizer = build_optimizer(_cfg(), model)

@@ -45,6 +45,21 @@ def test_cost_functions_closed_form():
     torch.testing.assert_close(batch_dice_cost(logits, targets), expected_dice)
 
 
+def test_sigmoid_ce_cost_matches_elementwise_bce_at_the_training_size():
+    """The closed form (softplus row sum minus one product) against element-wise BCE in float64,
+    with confident logits and soft targets at P = 12544 points."""
+    generator = torch.Generator().manual_seed(0)
+    logits = 12 * torch.randn(100, 12544, generator=generator)  # [Q, P]
+    targets = torch.rand(7, 12544, generator=generator).round()  # [N, P]
+    targets[0] = torch.rand(12544, generator=generator)  # a soft (bilinearly sampled) target
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    x, t = logits.double()[:, None, :], targets.double()[None, :, :]  # [Q, 1, P], [1, N, P]
+    expected = bce(x.expand(-1, 7, -1), t.expand(100, -1, -1), reduction="none").mean(-1)  # [Q, N]
+    torch.testing.assert_close(
+        batch_sigmoid_ce_cost(logits, targets).double(), expected, rtol=1e-5, atol=1e-4
+    )
+
+
 def test_known_optimum_matches_brute_force(monkeypatch):
     generator = torch.Generator().manual_seed(0)
     matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=32)

@@ -27,7 +27,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
@@ -137,6 +136,8 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> n
 
 
 def _shape_mask(kind: str, cx: float, cy: float, r: float, angle: float, h: int, w: int) -> np.ndarray:
+    import cv2  # only for generating the dataset: registering it must not load OpenCV
+
     mask = np.zeros((h, w), dtype=np.uint8)
     if kind == "circle":
         cv2.circle(mask, (round(cx), round(cy)), round(r), 1, thickness=-1, lineType=cv2.LINE_8)

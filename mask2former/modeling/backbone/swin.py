@@ -26,7 +26,6 @@ import math
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
 from ...layers import ShapeSpec
@@ -37,6 +36,14 @@ __all__ = ["SwinTransformer", "D2SwinTransformer"]
 
 _STAGE_NAMES = ("res2", "res3", "res4", "res5")
 _SHIFT_MASK_VALUE = -100.0  # the original's additive mask between tokens of different shifted regions
+
+
+def _timm_layers():
+    """`timm.layers` (DropPath, Mlp, trunc_normal_), imported when a Swin backbone is built:
+    importing timm takes long, and configs with a ResNet never need it."""
+    import timm.layers
+
+    return timm.layers
 
 
 def window_partition(x: Tensor, window_size: int) -> Tensor:
@@ -115,7 +122,7 @@ class WindowAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        trunc_normal_(self.relative_position_bias_table, std=0.02)
+        _timm_layers().trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def relative_position_bias(self) -> Tensor:
         """The bias added to the attention logits: [h, N, N]."""
@@ -187,9 +194,12 @@ class SwinTransformerBlock(nn.Module):
             attn_drop=attn_drop,
             proj_drop=drop,
         )
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        timm_layers = _timm_layers()
+        self.drop_path = timm_layers.DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp = timm_layers.Mlp(
+            in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop
+        )
 
     def forward(self, x: Tensor, H: int, W: int, shift_mask: Tensor | None) -> Tensor:
         """x [B, H*W, C]; shift_mask [nW, N, N] for the padded grid (used when shifted) -> [B, H*W, C]."""
@@ -366,7 +376,7 @@ class SwinTransformer(Backbone):
         if ape:
             grid = pretrain_img_size // patch_size
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, grid, grid))
-            trunc_normal_(self.absolute_pos_embed, std=0.02)
+            _timm_layers().trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
         n_blocks = sum(
@@ -398,7 +408,7 @@ class SwinTransformer(Backbone):
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
+            _timm_layers().trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
