@@ -9,6 +9,8 @@ exactly on PQ, SQ and RQ: all, things, stuff and per class."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -193,11 +195,18 @@ def _evaluate(name: str, annotations, predictions) -> dict:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_pq_sq_rq_equal_panopticapi_exactly(tmp_path, seed, capsys):
+def test_pq_sq_rq_equal_panopticapi_exactly(tmp_path, seed, capsys, caplog):
     paths, annotations, predictions = _write_dataset(tmp_path, n_images=8, seed=seed)
     name = unique_dataset_name("t_pq_oracle")
     register_coco_panoptic(name, {}, **paths)
-    ours = _evaluate(name, annotations, predictions)
+    with caplog.at_level(logging.INFO, logger="mask2former"):
+        ours = _evaluate(name, annotations, predictions)
+    log = caplog.text
+    assert re.search(r"\|\s+\|\s+PQ\s+\|\s+SQ\s+\|\s+RQ\s+\|\s+#categories\s+\|", log)
+    assert re.search(r"\|\s+Things\s+\|.*\|\s+3\s+\|", log) and re.search(
+        r"\|\s+Stuff\s+\|.*\|\s+2\s+\|", log
+    )
+    assert re.search(r"\|\s+sky\s+\|", log) and "np.float" not in log
     oracle, oracle_stat = _oracle(annotations, predictions, tmp_path)
     counts = {c: (s.tp, s.fp, s.fn) for c, s in oracle_stat.pq_per_cat.items()}
     assert all(tp and fp and fn for tp, fp, fn in counts.values()), counts  # every case occurs
