@@ -37,7 +37,12 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         action="store_true",
         help="continue from the checkpoint named by OUTPUT_DIR/last_checkpoint (with --eval-only: evaluate it)",
     )
-    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on DATASETS.TEST")
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate MODEL.WEIGHTS (with --resume: OUTPUT_DIR's last checkpoint) on DATASETS.TEST; "
+        "results, log and config go to OUTPUT_DIR/inference/",
+    )
     parser.add_argument("--num-gpus", type=int, default=1, help="number of workers per machine")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument(

@@ -140,7 +140,8 @@ class COCOEvaluator(DatasetEvaluator):
         stats, per_class = evaluate_coco_segm(
             coco_gt, preds, self.max_dets, sorted(self._contig_to_ds.values())
         )
-        res = {m: 100 * float(s) for m, s in zip(self.METRICS, stats[:6])}
+        # COCOeval gives -1 where a metric is undefined (no ground truth of that size): NaN, as Detectron2
+        res = {m: 100 * float(s) if s >= 0 else float("nan") for m, s in zip(self.METRICS, stats[:6])}
         for cat, ap in per_class.items():
             res[f"AP-{names[cat]}"] = 100 * ap
         logger.info(

@@ -62,8 +62,9 @@ def test_registration_fills_metadata_and_drops_an_unused_background(tmp_path, ca
     meta = MetadataCatalog.get(name)  # set before anything is loaded
     assert meta.thing_classes == ["bottle", "cup"]
     assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 4: 1}
-    report = [r.getMessage() for r in caplog.records if "_background_" in r.getMessage()]
-    assert len(report) == 1 and "dropped" in report[0] and "used by 0 annotations" in report[0], report
+    report = [r for r in caplog.records if "_background_" in r.getMessage()]
+    assert len(report) == 1 and report[0].levelno == logging.WARNING, report
+    assert "dropped" in report[0].getMessage() and "used by 0 annotations" in report[0].getMessage()
     dicts = DatasetCatalog.get(name)
     assert len(dicts) == 6 and dicts[-1]["annotations"] == []  # the image without annotations stays
     assert {a["category_id"] for d in dicts for a in d["annotations"]} == {0, 1}
@@ -111,7 +112,7 @@ def test_annotation_ids_from_zero_repeated_or_missing_give_the_clean_ap(tmp_path
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="mask2former"):
             ours = _ap(str(path), image_dir, predictions_from=str(variants["clean"]))
-        assert ours == reference, key
+        assert json.dumps(ours) == json.dumps(reference), key  # NaN (no large objects) compares equal here
         lines = [r.getMessage() for r in caplog.records if "renumbered" in r.getMessage()]
         assert len(lines) == 1 and str(path) in lines[0], (key, lines)
 

@@ -384,8 +384,9 @@ def coco_instances_metadata(
         drop = placeholder_categories == "drop" or (placeholder_categories == "auto" and not used)
         if drop:
             dropped.append(cid)
-        log = logger.warning if used else logger.info
-        log(
+        # a warning either way: registration usually runs before logging is set up, and Python
+        # prints warnings even then
+        logger.warning(
             "Dataset %r: category %d %r of %s is a placeholder used by %d annotations: %s "
             "(register_coco_instances(..., placeholder_categories='keep'|'drop'|'auto') decides)",
             name,
