@@ -47,6 +47,7 @@ def _ground_truth_as_predictions(json_file: str, name: str) -> tuple[list, list]
 def _ap(json_file: str, image_dir: str, predictions_from: str | None = None) -> dict:
     name = unique_dataset_name("t_labelme")
     register_coco_instances(name, {}, json_file, image_dir)
+    assert sum(len(d["annotations"]) for d in DatasetCatalog.get(name)) > 0  # the loader takes any ids
     ev = COCOEvaluator(name)
     ev.reset()
     inputs, outputs = _ground_truth_as_predictions(predictions_from or json_file, name)

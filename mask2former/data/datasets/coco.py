@@ -163,9 +163,8 @@ def load_coco_json(
     the metadata raises DatasetFormatError naming the JSON file.
 
     The file is validated while it is read: a missing or mistyped field, a duplicate image or
-    category id, an id
-    that points nowhere (image, category), a non-positive image size, a polygon with an odd
-    number of coordinates or an RLE whose size differs from its image's raises
+    category id, an id that points nowhere (image, category), a non-positive image size, a
+    polygon with an odd number of coordinates or an RLE whose size differs from its image's raises
     DatasetFormatError naming the file and the image / annotation. A JSON without
     "annotations" (an image-info file such as COCO's test-dev) gives images without
     annotations, as in Detectron2. Polygons of fewer than 3 points are dropped, and so are
