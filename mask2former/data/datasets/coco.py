@@ -422,7 +422,10 @@ def register_coco_instances(
     if "thing_classes" not in metadata:
         require_path(json_file, "COCO annotation file", f"Check the json_file given for dataset {name!r}.")
         classes, skip = coco_instances_metadata(name, json_file, placeholder_categories)
-    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name, skip))
+    if skip:
+        DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name, skip))
+    else:
+        DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
     defaults = {"json_file": json_file, "image_root": image_root, "evaluator_type": "coco"}
     MetadataCatalog.get(name).set(**{**defaults, **classes, **metadata})
 
