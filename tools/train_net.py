@@ -5,6 +5,7 @@
         --num-gpus 8 SOLVER.IMS_PER_BATCH 16
     python tools/train_net.py --config-file <cfg> --num-gpus 8 --resume          # continue a run
     python tools/train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS model_final.pth
+    python tools/train_net.py --config-file <cfg> --eval-only --resume   # last checkpoint of OUTPUT_DIR
     python tools/train_net.py --config-file <cfg> --num-gpus 2 MODEL.DEVICE cpu  # two CPU workers (gloo)
 
 A project with its own model or data subclasses `Trainer` and calls `cli(trainer_cls=...)`.
@@ -14,13 +15,20 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
+import math
+import os
 from collections.abc import Sequence
 
+import torch
+
+from mask2former.checkpoint.atomic import atomic_write
 from mask2former.config import get_cfg
 from mask2former.engine.defaults import default_argument_parser, default_setup
 from mask2former.engine.launch import backend_for_device, launch
 from mask2former.engine.trainer import Trainer
+from mask2former.utils import dist as dist_utils
 
 logger = logging.getLogger("mask2former.train_net")
 
@@ -35,18 +43,66 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
+def eval_weights(cfg, model: torch.nn.Module, resume: bool) -> str:
+    """The weights --eval-only evaluates: with --resume, the checkpoint OUTPUT_DIR/last_checkpoint
+    names (as Detectron2), else MODEL.WEIGHTS."""
+    from mask2former.checkpoint.checkpointer import Checkpointer
+
+    if resume:
+        checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
+        if checkpointer.has_checkpoint():
+            return checkpointer.get_checkpoint_file()
+        if not cfg.MODEL.WEIGHTS:
+            raise FileNotFoundError(
+                f"--eval-only --resume: no last_checkpoint in {cfg.OUTPUT_DIR} and MODEL.WEIGHTS is empty"
+            )
+        logger.warning(
+            "No last_checkpoint in %s: evaluating MODEL.WEIGHTS %s", cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS
+        )
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError(
+            "--eval-only needs weights: add `MODEL.WEIGHTS <file>` to the command line, or --resume to "
+            "evaluate the last checkpoint of OUTPUT_DIR"
+        )
+    return cfg.MODEL.WEIGHTS
+
+
+def write_eval_metrics(cfg, weights: str, results: dict) -> str:
+    """Write OUTPUT_DIR/inference/metrics.json: {"weights", "results": {dataset: {task: {metric:
+    value}}}} (NaN, for a class without ground truth, as null). Returns its path."""
+    if len(cfg.DATASETS.TEST) == 1:
+        results = {cfg.DATASETS.TEST[0]: results}
+    path = os.path.join(cfg.OUTPUT_DIR, "inference", "metrics.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    document = {"weights": weights, "results": _nan_to_none(results)}
+    atomic_write(path, lambda f: f.write(json.dumps(document, indent=2).encode()))
+    logger.info("Evaluation results written to %s", path)
+    return path
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def main(args: argparse.Namespace, trainer_cls: type[Trainer] = Trainer):
-    """One worker's job: train (optionally resuming), or evaluate MODEL.WEIGHTS with --eval-only."""
+    """One worker's job: train (optionally resuming), or evaluate with --eval-only (MODEL.WEIGHTS,
+    or with --resume the last checkpoint of OUTPUT_DIR); evaluation outputs, its log and config
+    go to OUTPUT_DIR/inference/."""
     cfg = build_config(args)
     default_setup(cfg, args)
     if args.eval_only:
-        if not cfg.MODEL.WEIGHTS:
-            raise ValueError("--eval-only needs weights: add `MODEL.WEIGHTS <file>` to the command line")
         from mask2former.checkpoint import load_weights
 
         model = trainer_cls.build_model(cfg)
-        load_weights(model, cfg.MODEL.WEIGHTS)
-        return trainer_cls.test(cfg, model)
+        weights = eval_weights(cfg, model, args.resume)
+        load_weights(model, weights)
+        logger.info("Evaluating %s", weights)
+        results = trainer_cls.test(cfg, model)
+        if dist_utils.is_main_process():
+            write_eval_metrics(cfg, weights, results)
+        return results
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()

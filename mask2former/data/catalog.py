@@ -1,7 +1,9 @@
 """Two global catalogs, as Detectron2 users know them:
 
 - `DatasetCatalog`: dataset name -> a function returning the dataset as a list of dicts. The
-  function runs only when `DatasetCatalog.get(name)` is called, so registering reads no files.
+  function runs only when `DatasetCatalog.get(name)` is called (registering builtin datasets
+  reads no files; `register_coco_instances` / `register_coco_panoptic` without class metadata
+  read only the JSON's categories).
 - `MetadataCatalog`: dataset name -> `Metadata` (class names, colours, id maps, paths,
   `evaluator_type`, `ignore_label`), with attribute access and `.set(**kwargs)`.
 """

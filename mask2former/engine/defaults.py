@@ -35,9 +35,14 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the checkpoint named by OUTPUT_DIR/last_checkpoint",
+        help="continue from the checkpoint named by OUTPUT_DIR/last_checkpoint (with --eval-only: evaluate it)",
     )
-    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on DATASETS.TEST")
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate MODEL.WEIGHTS (with --resume: OUTPUT_DIR's last checkpoint) on DATASETS.TEST; "
+        "results, log and config go to OUTPUT_DIR/inference/",
+    )
     parser.add_argument("--num-gpus", type=int, default=1, help="number of workers per machine")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument(
@@ -71,8 +76,12 @@ def seed_all_rng(seed: int | None = None) -> int:
 def default_setup(cfg, args: argparse.Namespace) -> None:
     """Per-worker set-up: create OUTPUT_DIR, log to the console and OUTPUT_DIR/log.txt, log
     the environment, command line and config, dump the full config to OUTPUT_DIR/config.yaml
-    (rank 0), seed the RNGs with SEED + rank (random when SEED < 0), set cudnn.benchmark."""
+    (rank 0), seed the RNGs with SEED + rank (random when SEED < 0), set cudnn.benchmark.
+    With --eval-only, the log and config go to OUTPUT_DIR/inference/ instead, so evaluating a
+    training folder does not overwrite its config."""
     output_dir = cfg.OUTPUT_DIR
+    if getattr(args, "eval_only", False):
+        output_dir = os.path.join(output_dir, "inference")
     rank = dist_utils.get_rank()
     if dist_utils.is_main_process():
         os.makedirs(output_dir, exist_ok=True)

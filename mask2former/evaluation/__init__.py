@@ -1,5 +1,5 @@
 """Evaluators: COCO instance AP (pycocotools), panoptic PQ (this project's implementation of the
-panopticapi definition), semantic mIoU, Cityscapes (cityscapesscripts); the inference loop."""
+panopticapi definition, checked equal to panopticapi), semantic mIoU, Cityscapes (cityscapesscripts); the inference loop."""
 
 from .build import build_evaluator
 from .cityscapes_evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 from collections import OrderedDict
 
@@ -12,6 +13,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tabulate import tabulate
 
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.detection_utils import segmentation_to_mask
@@ -102,20 +104,27 @@ class COCOEvaluator(DatasetEvaluator):
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for inp, out in zip(inputs, outputs):
-            if "instances" in out:
-                self._predictions.extend(
-                    instances_to_coco_json(out["instances"], inp["image_id"], self._contig_to_ds)
+            if "instances" not in out:
+                raise KeyError(
+                    f"COCOEvaluator({self.dataset_name!r}) needs 'instances' in the model's outputs, which "
+                    f"has {sorted(out)}: set MODEL.MASK_FORMER.TEST.INSTANCE_ON True"
                 )
+            self._predictions.extend(
+                instances_to_coco_json(out["instances"], inp["image_id"], self._contig_to_ds)
+            )
 
     def _coco_gt(self) -> COCO:
         json_file = self.meta.get("json_file")
         with contextlib.redirect_stdout(io.StringIO()):
-            if json_file:
-                return COCO(json_file)
             gt = COCO()
+        if json_file:
+            with open(json_file, encoding="utf-8") as f:
+                gt.dataset = normalize_coco_annotations(json.load(f), json_file)
+        else:
             gt.dataset = dataset_dicts_to_coco(self.dataset_name)
+        with contextlib.redirect_stdout(io.StringIO()):
             gt.createIndex()
-            return gt
+        return gt
 
     def evaluate(self) -> dict:
         preds = gather_on_main(self._predictions)
@@ -128,22 +137,86 @@ class COCOEvaluator(DatasetEvaluator):
             logger.warning("No instance predictions; every AP is 0")
             res = dict.fromkeys(self.METRICS, 0.0)
             return OrderedDict(segm=res)
-        stats, per_class = evaluate_coco_segm(coco_gt, preds, self.max_dets)
-        res = {m: 100 * float(s) for m, s in zip(self.METRICS, stats[:6])}
+        stats, per_class = evaluate_coco_segm(
+            coco_gt, preds, self.max_dets, sorted(self._contig_to_ds.values())
+        )
+        # COCOeval gives -1 where a metric is undefined (no ground truth of that size): NaN, as Detectron2
+        res = {m: 100 * float(s) if s >= 0 else float("nan") for m, s in zip(self.METRICS, stats[:6])}
         for cat, ap in per_class.items():
             res[f"AP-{names[cat]}"] = 100 * ap
-        logger.info("Instance segmentation: %s", {k: round(v, 3) for k, v in res.items() if "-" not in k})
+        logger.info(
+            "Evaluation results for segm:\n%s",
+            tabulate([[res[m] for m in self.METRICS]], headers=self.METRICS, tablefmt="pipe", floatfmt=".3f"),
+        )
+        logger.info("Per-category segm AP:\n%s", per_category_ap_table(res, [names[c] for c in per_class]))
         return OrderedDict(segm=res)
 
 
+def per_category_ap_table(res: dict, class_names: list[str], columns: int = 3) -> str:
+    """Detectron2's per-category AP table: (category, AP) pairs, `columns` pairs per row."""
+    cells = [cell for name in class_names for cell in (name, res[f"AP-{name}"])]
+    rows = [cells[i : i + 2 * columns] for i in range(0, len(cells), 2 * columns)]
+    return tabulate(
+        rows, headers=["category", "AP"] * columns, tablefmt="pipe", floatfmt=".3f", numalign="left"
+    )
+
+
+def normalize_coco_annotations(data: dict, json_file: str) -> dict:
+    """`data` (a COCO instances JSON) ready for pycocotools: annotation ids renumbered 1..N when
+    any is 0 (pycocotools stores the matched ground-truth id and tests it for truth, so a match
+    to id 0 counts as a miss), repeated (its index keeps one of them) or missing; `iscrowd`
+    filled with 0 and `area` with the mask area where absent. One log line says what changed."""
+    anns = data.get("annotations", [])
+    ids = [a.get("id") for a in anns]
+    problems = []
+    if any(i is None for i in ids):
+        problems.append(f"{sum(i is None for i in ids)} missing")
+    if 0 in ids:
+        problems.append("id 0 present")
+    repeated = len(ids) - len(set(ids))
+    if repeated:
+        problems.append(f"{repeated} repeated")
+    no_crowd = sum("iscrowd" not in a for a in anns)
+    no_area = sum("area" not in a for a in anns)
+    if not (problems or no_crowd or no_area):
+        return data
+    anns = [dict(a) for a in anns]
+    heights = {img["id"]: (img["height"], img["width"]) for img in data.get("images", [])}
+    for k, a in enumerate(anns):
+        if problems:
+            a["id"] = k + 1
+        a.setdefault("iscrowd", 0)
+        if "area" not in a:
+            h, w = heights[a["image_id"]]
+            a["area"] = float(mask_util.area(mask_util.merge(_to_rles(a["segmentation"], h, w))))
+    changes = [f"annotation ids renumbered 1..{len(anns)} ({', '.join(problems)})"] if problems else []
+    if no_crowd:
+        changes.append(f"iscrowd set to 0 on {no_crowd} annotations without it")
+    if no_area:
+        changes.append(f"area computed from the mask for {no_area} annotations without it")
+    logger.warning("Ground truth %s, for pycocotools: %s", json_file, "; ".join(changes))
+    return {**data, "annotations": anns}
+
+
+def _to_rles(segmentation, h: int, w: int) -> list:
+    if isinstance(segmentation, list):
+        return mask_util.frPyObjects(segmentation, h, w)
+    if isinstance(segmentation["counts"], list):
+        return [mask_util.frPyObjects(segmentation, h, w)]
+    return [segmentation]
+
+
 def evaluate_coco_segm(
-    coco_gt: COCO, predictions: list[dict], max_dets: int = 100
+    coco_gt: COCO, predictions: list[dict], max_dets: int = 100, category_ids: list[int] | None = None
 ) -> tuple[np.ndarray, dict]:
-    """Run COCOeval("segm"); returns (its 12 summary stats, {category id: AP})."""
+    """Run COCOeval("segm") over `category_ids` (all of the ground truth's when None); returns
+    (its 12 summary stats, {category id: AP})."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(predictions))
         ev = COCOeval(coco_gt, coco_dt, "segm")
         ev.params.maxDets = [1, 10, max_dets]
+        if category_ids is not None:
+            ev.params.catIds = list(category_ids)
         ev.evaluate()
         ev.accumulate()
     buf = io.StringIO()
@@ -159,4 +232,4 @@ def evaluate_coco_segm(
     return ev.stats, per_class
 
 
-__all__ = ["COCOEvaluator", "evaluate_coco_segm", "instances_to_coco_json"]
+__all__ = ["COCOEvaluator", "evaluate_coco_segm", "instances_to_coco_json", "normalize_coco_annotations"]

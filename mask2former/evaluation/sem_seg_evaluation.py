@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pycocotools.mask as mask_util
+from tabulate import tabulate
 
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.detection_utils import read_label_png
@@ -92,7 +93,18 @@ class SemSegEvaluator(DatasetEvaluator):
             return {}
         write_predictions_json(self.output_dir, "sem_seg_predictions.json", preds)
         res = semantic_metrics(conf, self.class_names)
-        logger.info("Semantic segmentation: %s", {k: v for k, v in res.items() if "-" not in k})
+        summary = ("mIoU", "fwIoU", "mACC", "pACC")
+        logger.info(
+            "Semantic segmentation results:\n%s",
+            tabulate([[res[k] for k in summary]], headers=summary, tablefmt="pipe", floatfmt=".3f"),
+        )
+        rows = [[name, res[f"IoU-{name}"], res[f"ACC-{name}"]] for name in self.class_names]
+        logger.info(
+            "Per-category semantic results (nan: class absent from the ground truth):\n%s",
+            tabulate(
+                rows, headers=["category", "IoU", "ACC"], tablefmt="pipe", floatfmt=".3f", numalign="left"
+            ),
+        )
         return OrderedDict(sem_seg=res)
 
 

@@ -164,6 +164,25 @@ class MaskFormer(nn.Module):
         return results
 
 
+def _check_tasks_fit_dataset(cfg) -> None:
+    """An instance-only training set (COCO instances JSON: thing classes, no stuff classes)
+    cannot give panoptic or semantic outputs: ValueError naming the keys to set."""
+    from ..data import MetadataCatalog
+
+    test = cfg.MODEL.MASK_FORMER.TEST
+    if not cfg.DATASETS.TRAIN or not (test.PANOPTIC_ON or test.SEMANTIC_ON):
+        return
+    name = cfg.DATASETS.TRAIN[0]
+    meta = MetadataCatalog.get(name)
+    if meta.get("evaluator_type") == "coco" and "stuff_classes" not in meta:
+        raise ValueError(
+            f"DATASETS.TRAIN[0] {name!r} is an instance-only dataset (COCO instances JSON, no stuff "
+            "classes), but the config asks for panoptic/semantic outputs: add "
+            "`MODEL.MASK_FORMER.TEST.PANOPTIC_ON False MODEL.MASK_FORMER.TEST.SEMANTIC_ON False "
+            "MODEL.MASK_FORMER.TEST.INSTANCE_ON True` (the configs under configs/coco/instance-segmentation/ do)"
+        )
+
+
 def _thing_classes_mask(cfg) -> Tensor | None:
     """bool [K]: which contiguous class ids are things, from the training set's metadata."""
     from ..data import MetadataCatalog
@@ -196,12 +215,14 @@ def build_maskformer(cfg) -> MaskFormer:
     )
     head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, backbone.output_shape())
     test = cfg.MODEL.MASK_FORMER.TEST
+    _check_tasks_fit_dataset(cfg)
     thing_mask = _thing_classes_mask(cfg) if (test.PANOPTIC_ON or test.INSTANCE_ON) else None
     if test.PANOPTIC_ON and thing_mask is None:
         raise ValueError(
             "MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs metadata with thing_dataset_id_to_contiguous_id for "
             f"DATASETS.TRAIN[0] ({cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else 'DATASETS.TRAIN is empty'}); "
-            "register the dataset (see README, custom datasets) before building the model"
+            "register the dataset (register_coco_panoptic / register_coco_instances set it when called; "
+            "see README, custom datasets) before building the model"
         )
     if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
         raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")

@@ -219,6 +219,77 @@ def make_coco_instances(root: Path) -> tuple[str, str, np.ndarray]:
     return str(path), str(img_dir), obj
 
 
+LABELME_CATEGORIES = [
+    {"id": 0, "name": "_background_", "supercategory": None},
+    {"id": 1, "name": "bottle", "supercategory": None},
+    {"id": 4, "name": "cup", "supercategory": None},
+]
+
+
+def make_labelme_coco(
+    root: Path,
+    n_images: int = 6,
+    size: tuple[int, int] = (96, 128),
+    seed: int = 0,
+    use_background: bool = False,
+) -> tuple[str, str]:
+    """A COCO instances export as labelme2coco writes it: annotation ids from 0, a
+    `_background_` category with id 0 (used by one annotation only when `use_background`), a
+    non-contiguous category id (4), polygon segmentations, and a last image without
+    annotations. Objects are drawn on the JPEGs ("bottle": tall blue rectangles, "cup": red
+    disks approximated by 16-gons) so that a model can learn them. Returns (json path, image dir)."""
+    import pycocotools.mask as mask_util
+    from PIL import Image, ImageDraw
+
+    h, w = size
+    rng = np.random.default_rng(seed)
+    img_dir = root / "JPEGImages"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n_images):
+        img = Image.fromarray(rng.integers(90, 160, (h, w, 3), dtype=np.uint8))
+        draw = ImageDraw.Draw(img)
+        shapes = [] if i == n_images - 1 else [1, 4, int(rng.choice([1, 4]))]
+        for k, cat in enumerate(shapes):
+            cx, cy = (k + 0.5) * w / 3 + rng.integers(-6, 7), h / 2 + rng.integers(-h // 6, h // 6 + 1)
+            if cat == 1:
+                bw, bh = rng.integers(8, 14), rng.integers(24, 34)
+                poly = [cx - bw, cy - bh, cx + bw, cy - bh, cx + bw, cy + bh, cx - bw, cy + bh]
+            else:
+                r = rng.integers(10, 16)
+                angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+                poly = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], 1).ravel().tolist()
+            poly = [float(v) for v in poly]
+            draw.polygon(poly, fill=(30, 60, 220) if cat == 1 else (220, 40, 30))
+            xs, ys = poly[0::2], poly[1::2]
+            bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            category = 0 if (use_background and i == 0 and k == 0) else cat
+            annotations.append(
+                {
+                    "id": len(annotations),  # labelme2coco numbers annotations from 0
+                    "image_id": i,
+                    "category_id": category,
+                    "segmentation": [poly],
+                    "area": float(mask_util.area(mask_util.merge(mask_util.frPyObjects([poly], h, w)))),
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                }
+            )
+        img.save(img_dir / f"{i:03d}.jpg", quality=95)
+        images.append({"id": i, "file_name": f"{i:03d}.jpg", "height": h, "width": w, "license": None})
+    data = {
+        "info": {"description": "labelme2coco export"},
+        "licenses": [],
+        "images": images,
+        "type": "instances",
+        "annotations": annotations,
+        "categories": LABELME_CATEGORIES,
+    }
+    path = root / "annotations.json"
+    path.write_text(json.dumps(data))
+    return str(path), str(img_dir)
+
+
 def make_coco_panoptic(root: Path) -> dict:
     """Two images with a panoptic PNG each: a thing (the painted square), a stuff region, a crowd
     region, and void (id 0) elsewhere."""

@@ -159,7 +159,7 @@ COCO_REQUIRED = [
     ("images",), ("categories",),
     ("images", 0, "id"), ("images", 0, "file_name"), ("images", 0, "height"), ("images", 0, "width"),
     ("categories", 0, "id"), ("categories", 0, "name"),
-    ("annotations", 0, "id"), ("annotations", 0, "image_id"), ("annotations", 0, "category_id"),
+    ("annotations", 0, "image_id"), ("annotations", 0, "category_id"),
     ("annotations", 0, "bbox"), ("annotations", 0, "segmentation"),
     ("annotations", 1, "segmentation", "size"), ("annotations", 1, "segmentation", "counts"),
 ]  # fmt: skip
@@ -193,7 +193,6 @@ COCO_VALUES = [
     ("annotation image_id absent from images", ("annotations", 0, "image_id"), 999),
     ("annotation category_id absent from categories", ("annotations", 0, "category_id"), 999),
     ("duplicate image id", ("images", 1, "id"), 1),
-    ("duplicate annotation id", ("annotations", 1, "id"), 10),
     ("duplicate category id", ("categories", 1, "id"), 1),
     # sizes
     ("negative height", ("images", 0, "height"), -H),

@@ -148,7 +148,12 @@ def _check_segmentation(segm, hw: tuple[int, int], where: str, json_file: str):
     )
 
 
-def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = None) -> list[dict]:
+def load_coco_json(
+    json_file: str,
+    image_root: str,
+    dataset_name: str | None = None,
+    skip_category_ids: tuple[int, ...] = (),
+) -> list[dict]:
     """Read a COCO instances JSON (polygons, RLE and crowd regions) into dataset dicts.
 
     Each dict: `file_name`, `height`, `width`, `image_id`, `annotations` = list of
@@ -157,13 +162,15 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     from the JSON (sorted by id), as Detectron2 does; an annotation whose category is absent from
     the metadata raises DatasetFormatError naming the JSON file.
 
-    The file is validated while it is read: a missing or mistyped field, a duplicate id, an id
-    that points nowhere (image, category), a non-positive image size, a polygon with an odd
-    number of coordinates or an RLE whose size differs from its image's raises
+    The file is validated while it is read: a missing or mistyped field, a duplicate image or
+    category id, an id that points nowhere (image, category), a non-positive image size, a
+    polygon with an odd number of coordinates or an RLE whose size differs from its image's raises
     DatasetFormatError naming the file and the image / annotation. A JSON without
     "annotations" (an image-info file such as COCO's test-dev) gives images without
     annotations, as in Detectron2. Polygons of fewer than 3 points are dropped, and so are
     annotations left without one, with a warning that counts them (as in Detectron2).
+    Annotations of `skip_category_ids` (placeholder categories dropped at registration) are
+    skipped, with a warning that counts them. Annotation ids are optional and may repeat.
     """
     require_path(json_file, "COCO annotation file", "Check the dataset's json_file path.")
     data = read_json_object(json_file, "COCO annotation file")
@@ -183,13 +190,15 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
             raise DatasetFormatError(f"{json_file} lists image id {img_id!r} twice")
         records[img_id] = _image_record(img, img_id, image_root, json_file)
 
-    ann_ids, dropped = set(), 0
+    dropped = skipped = 0
     for i, ann in enumerate(anns):
-        ann_id = field(ann, "id", "id", f"annotations[{i}]", json_file)
-        if ann_id in ann_ids:
-            raise DatasetFormatError(f"{json_file} lists annotation id {ann_id!r} twice")
-        ann_ids.add(ann_id)
-        where = f"Annotation {ann_id!r}"
+        # annotation ids are not used for training; they may start at 0, repeat or be missing
+        # (COCOEvaluator renumbers them for pycocotools)
+        ann_id = field(ann, "id", "id", f"annotations[{i}]", json_file) if "id" in ann else None
+        where = f"Annotation {ann_id!r}" if ann_id is not None else f"annotations[{i}]"
+        if ann.get("category_id") in skip_category_ids:
+            skipped += 1
+            continue
         img_id, instance = _check_annotation(ann, where, records, cat_names, id_map, dataset_name, json_file)
         if ann.get("ignore", 0):
             continue
@@ -202,6 +211,13 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     if dropped:
         logger.warning(
             "%s: dropped %d annotations whose polygons all have fewer than 3 points", json_file, dropped
+        )
+    if skipped:
+        logger.warning(
+            "%s: skipped %d annotations of the dropped placeholder categories %s",
+            json_file,
+            skipped,
+            sorted(skip_category_ids),
         )
     dicts = [records[k] for k in sorted(records, key=lambda k: (isinstance(k, str), k))]
     logger.info("Loaded %d images in COCO format from %s", len(dicts), json_file)
@@ -325,15 +341,93 @@ def load_sem_seg(gt_root: str, image_root: str, gt_ext: str = ".png", image_ext:
     return dicts
 
 
-def register_coco_instances(name: str, metadata: dict, json_file: str, image_root: str) -> None:
-    """Register a dataset in COCO instances format (reads no file now).
+PLACEHOLDER_POLICIES = ("auto", "keep", "drop")
 
-    `metadata` may be empty: the class list is then taken from the JSON on first load. Give
-    `thing_classes` and `thing_dataset_id_to_contiguous_id` to fix the class order yourself.
+
+def is_placeholder_category(name: str) -> bool:
+    """A category that marks "no object" rather than a class: labelme's `_background_` (and
+    `background`, `__background__`)."""
+    return name.strip("_ ").lower() == "background"
+
+
+def read_coco_categories(json_file: str) -> tuple[dict[int, str], dict[int, int]]:
+    """({category id: name}, {category id: number of annotations}) of a COCO instances JSON:
+    its categories and the annotations' category_id fields only (no segmentation is decoded)."""
+    data = read_json_object(json_file, "COCO annotation file")
+    cat_names = read_categories(data, json_file)
+    counts = dict.fromkeys(cat_names, 0)
+    for ann in entries(data, "annotations", json_file, required=False):
+        cat = ann.get("category_id")
+        if cat in counts:
+            counts[cat] += 1
+    return cat_names, counts
+
+
+def coco_instances_metadata(
+    name: str, json_file: str, placeholder_categories: str = "auto"
+) -> tuple[dict, tuple[int, ...]]:
+    """(thing_classes and thing_dataset_id_to_contiguous_id from the JSON's categories, the
+    category ids dropped). A placeholder category (`is_placeholder_category`) is reported with
+    the choice made: with "auto" it is dropped when no annotation uses it and kept with a
+    warning otherwise; "keep" keeps it, "drop" drops it and its annotations."""
+    if placeholder_categories not in PLACEHOLDER_POLICIES:
+        raise ValueError(
+            f"placeholder_categories is {placeholder_categories!r}; expected one of {PLACEHOLDER_POLICIES}"
+        )
+    cat_names, counts = read_coco_categories(json_file)
+    dropped = []
+    for cid, cname in sorted(cat_names.items()):
+        if not is_placeholder_category(cname):
+            continue
+        used = counts[cid]
+        drop = placeholder_categories == "drop" or (placeholder_categories == "auto" and not used)
+        if drop:
+            dropped.append(cid)
+        # a warning either way: registration usually runs before logging is set up, and Python
+        # prints warnings even then
+        logger.warning(
+            "Dataset %r: category %d %r of %s is a placeholder used by %d annotations: %s "
+            "(register_coco_instances(..., placeholder_categories='keep'|'drop'|'auto') decides)",
+            name,
+            cid,
+            cname,
+            json_file,
+            used,
+            ("dropped with its annotations" if used else "dropped from the classes")
+            if drop
+            else "KEPT as a trainable class",
+        )
+    kept = [cid for cid in sorted(cat_names) if cid not in dropped]
+    metadata = {
+        "thing_classes": [cat_names[cid] for cid in kept],
+        "thing_dataset_id_to_contiguous_id": {cid: i for i, cid in enumerate(kept)},
+    }
+    return metadata, tuple(dropped)
+
+
+def register_coco_instances(
+    name: str, metadata: dict, json_file: str, image_root: str, placeholder_categories: str = "auto"
+) -> None:
+    """Register a dataset in COCO instances format.
+
+    When `metadata` has no `thing_classes`, the class names and ids are read from the JSON's
+    categories now (no mask is decoded), so `MetadataCatalog.get(name).thing_classes` is set
+    and a model can be built right after registering. A placeholder category such as labelme's
+    `_background_` is reported and handled by `placeholder_categories` (see
+    `coco_instances_metadata`). Give `thing_classes` and `thing_dataset_id_to_contiguous_id` to
+    fix the class order yourself (the JSON is then read only when the dataset is loaded).
     """
-    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
+    skip: tuple[int, ...] = ()
+    classes = {}
+    if "thing_classes" not in metadata:
+        require_path(json_file, "COCO annotation file", f"Check the json_file given for dataset {name!r}.")
+        classes, skip = coco_instances_metadata(name, json_file, placeholder_categories)
+    if skip:
+        DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name, skip))
+    else:
+        DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
     defaults = {"json_file": json_file, "image_root": image_root, "evaluator_type": "coco"}
-    MetadataCatalog.get(name).set(**{**defaults, **metadata})
+    MetadataCatalog.get(name).set(**{**defaults, **classes, **metadata})
 
 
 def register_sem_seg(
@@ -362,7 +456,10 @@ __all__ = [
     "field",
     "load_coco_json",
     "load_sem_seg",
+    "coco_instances_metadata",
+    "is_placeholder_category",
     "read_categories",
+    "read_coco_categories",
     "read_json_object",
     "register_coco_instances",
     "register_sem_seg",

@@ -147,13 +147,23 @@ def register_coco_panoptic(
     sem_seg_root: str | None = None,
     instances_json: str | None = None,
 ) -> None:
-    """Register a COCO-format panoptic dataset (reads no file now). `metadata` may carry
-    `thing_classes`, `stuff_classes`, `thing_dataset_id_to_contiguous_id`,
-    `stuff_dataset_id_to_contiguous_id` (Detectron2's convention: contiguous ids index all
-    classes); when it does not, they come from the JSON's `categories` on first load.
-    `sem_seg_root` adds semantic labels (for SemSegEvaluator); `instances_json` allows COCO
-    instance AP on the same images."""
+    """Register a COCO-format panoptic dataset. `metadata` may carry `thing_classes`,
+    `stuff_classes`, `thing_dataset_id_to_contiguous_id`, `stuff_dataset_id_to_contiguous_id`
+    (Detectron2's convention: contiguous ids index all classes); when it has no
+    `stuff_dataset_id_to_contiguous_id`, they are read from the JSON's `categories` now (no
+    PNG is read), so a model can be built right after registering. `sem_seg_root` adds
+    semantic labels (for SemSegEvaluator); `instances_json` allows COCO instance AP on the same
+    images."""
     meta = MetadataCatalog.get(name)
+    if (
+        "stuff_dataset_id_to_contiguous_id" not in metadata
+        and "stuff_dataset_id_to_contiguous_id" not in meta
+    ):
+        require_path(panoptic_json, "Panoptic JSON", f"Check the panoptic_json given for dataset {name!r}.")
+        data = read_json_object(panoptic_json, "panoptic JSON")
+        read_categories(data, panoptic_json)
+        meta.set(**{k: v for k, v in metadata.items() if k in ("thing_classes", "stuff_classes")})
+        _panoptic_id_maps(meta, data)
     DatasetCatalog.register(
         name, lambda: load_coco_panoptic_json(panoptic_json, image_root, panoptic_root, meta, sem_seg_root)
     )
