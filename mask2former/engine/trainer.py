@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,7 @@ from mask2former.utils.events import (
 
 from . import hooks as hooks_module
 from .hook_base import HookBase
+from .stop import StopOnSignals, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ class Trainer:
         self.storage: EventStorage
         self._data_iter: Iterator | None = None
         self._hooks: list[HookBase] = []
+        self._stop_signal = StopOnSignals()
+        self._stop_everywhere = False
         self.register_hooks(self.build_hooks())
 
     # ---- set-up --------------------------------------------------------------------------
@@ -187,7 +191,7 @@ class Trainer:
         self.iter = self.start_iter
         self._data_iter = iter(self.data_loader)
         self.model.train()
-        with EventStorage(self.start_iter) as self.storage:
+        with EventStorage(self.start_iter) as self.storage, StopOnSignals() as self._stop_signal:
             try:
                 for h in self._hooks:
                     h.before_train()
@@ -198,10 +202,23 @@ class Trainer:
                     self.run_step()
                     for h in self._hooks:
                         h.after_step()
+                    if self._stop_everywhere and it + 1 < self.max_iter:
+                        self._stop_with_checkpoint(it)
                 self.iter = self.max_iter
             finally:
                 for h in self._hooks:
                     h.after_train()
+
+    def _stop_with_checkpoint(self, it: int) -> None:
+        """A worker got SIGINT/SIGTERM: every rank saves the state after `it` and stops."""
+        path = self.checkpointer.save(f"model_{it:07d}", iteration=it)
+        dist_utils.synchronize()  # no rank exits while rank 0 is still writing
+        signum = self._stop_signal.signum or signal.SIGTERM
+        raise TrainingStopped(
+            f"stopped by {signal.Signals(signum).name} after iteration {it}: checkpoint {path} written; "
+            "continue with --resume",
+            signum,
+        )
 
     def run_step(self) -> None:
         start = time.perf_counter()
@@ -245,8 +262,14 @@ class Trainer:
                 )
             if not isinstance(v, torch.Tensor) or v.dim() != 0:
                 raise TypeError(f"loss {k!r} must be a scalar tensor, got {getattr(v, 'shape', type(v))}")
-        stacked = torch.stack([loss_dict[k].detach().float() for k in names])
-        return names, dist_utils.all_reduce_mean(stacked).cpu().tolist()
+        # One all-reduce carries the losses and whether any worker was asked to stop.
+        stop = torch.tensor(float(self._stop_signal.signum is not None))
+        stacked = torch.stack(
+            [loss_dict[k].detach().float() for k in names] + [stop.to(loss_dict[names[0]].device)]
+        )
+        *means, stop_mean = dist_utils.all_reduce_mean(stacked).cpu().tolist()
+        self._stop_everywhere = stop_mean > 0
+        return names, means
 
     def _on_nonfinite(
         self, names: list[str], values: list[float], bad: list[str], losses: torch.Tensor
