@@ -74,6 +74,13 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _kill_all(pids: list[int]) -> None:
+    """SIGKILL what is still running, so a failing test leaves no training behind."""
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _wait_for(condition, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while not condition():
@@ -124,7 +131,10 @@ def test_signal_to_launcher_stops_all_workers_with_a_checkpoint(tmp_path: Path, 
     workers = _children(proc.pid)
     assert len(workers) >= 2
     proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=180)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        _kill_all([proc.pid, *workers])
     assert proc.returncode == 128 + signum, stderr[-3000:]
     assert f"launcher received {signal.Signals(signum).name}" in stderr
     _assert_stopped_with_checkpoint(out, stderr)
@@ -139,9 +149,7 @@ def test_workers_die_with_a_killed_launcher(tmp_path: Path):
     try:
         _wait_for(lambda: not any(_alive(p) for p in workers), 120, "the workers to end")
     finally:
-        for p in workers:
-            if _alive(p):
-                os.kill(p, signal.SIGKILL)
+        _kill_all(workers)
     for path in out.glob("*.pth"):
         assert torch.load(path, map_location="cpu", weights_only=True)["iteration"] >= 0
 
@@ -155,7 +163,10 @@ def test_signals_during_checkpoint_saves_leave_readable_files(tmp_path: Path):
             break
         proc.send_signal(signal.SIGINT)
         time.sleep(0.01)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        _kill_all([proc.pid])
     assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
     assert "RuntimeError" not in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert "stopped by SIGINT" in stderr
