@@ -13,6 +13,9 @@ dict of `loss_*` scalars -> mean over workers (one all-reduce, also used for log
 non-finite term stops the run with FloatingPointError naming the term(s) and the iteration,
 or, with SOLVER.SKIP_NONFINITE_STEPS, drops that update -> backward (GradScaler for float16)
 -> unscale, clip gradients, optimizer step. The LRScheduler hook steps the scheduler.
+
+SIGINT/SIGTERM during `train()` (see `stop.py`): the all-reduce also carries "a worker was asked
+to stop"; every rank then saves a checkpoint after that iteration and raises TrainingStopped.
 """
 
 from __future__ import annotations
@@ -202,12 +205,18 @@ class Trainer:
                     self.run_step()
                     for h in self._hooks:
                         h.after_step()
-                    if self._stop_everywhere and it + 1 < self.max_iter:
+                    if self._should_stop() and it + 1 < self.max_iter:
                         self._stop_with_checkpoint(it)
                 self.iter = self.max_iter
             finally:
                 for h in self._hooks:
                     h.after_train()
+
+    def _should_stop(self) -> bool:
+        """A stop signal reached some worker (shared by `_reduce_losses`; a lone worker also
+        sees its own signal when a subclass's `run_step` skips `_reduce_losses`)."""
+        alone = dist_utils.get_world_size() == 1
+        return self._stop_everywhere or (alone and self._stop_signal.signum is not None)
 
     def _stop_with_checkpoint(self, it: int) -> None:
         """A worker got SIGINT/SIGTERM: every rank saves the state after `it` and stops."""
