@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 # Restricted evaluation of `!!python/object/apply:eval`
 # --------------------------------------------------------------------------------------------
 # Limits that keep a config expression from eating the machine: every value it builds, final
-# or intermediate, is checked (or predicted, for `*` and `+`) before it is made.
+# or intermediate, is checked (a repetition `seq * n` is predicted before it is made).
 _MAX_EXPR_CHARS = 10_000
 _MAX_ITEMS = 100_000  # elements of a list / tuple / string, and of a range
 _MAX_INT_BITS = 64
@@ -246,10 +246,13 @@ def _where(loader: _SafeConfigLoader, node: yaml.Node) -> str:
 
 def _check_nodes(loader: _SafeConfigLoader, node: yaml.Node, key: str) -> None:
     """Before anything is built: refuse duplicate keys and over-long integers, and record
-    the dotted key of every value node (iterative, so deep nesting cannot overflow)."""
+    the dotted key of every value node (iterative, so deep nesting cannot overflow; a node
+    reached again through a YAML alias is not walked twice, so alias bombs cost nothing)."""
     stack = [(node, key)]
     while stack:
         node, key = stack.pop()
+        if id(node) in loader.key_of_node:
+            continue
         loader.key_of_node[id(node)] = key
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _INT_TAG and len(node.value) > _MAX_INT_DIGITS:
@@ -271,6 +274,42 @@ def _check_nodes(loader: _SafeConfigLoader, node: yaml.Node, key: str) -> None:
                 stack.append((value_node, full))
 
 
+_MAX_EXPANDED_NODES = 1_000_000
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expanded_size(loader: _SafeConfigLoader, root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it beyond _MAX_EXPANDED_NODES nodes (a "billion
+    laughs") or make a value contain itself. Sizes are memoised, so the check is linear."""
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()  # started, not finished: the path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            open_nodes.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in _node_children(node))
+            if size[id(node)] > _MAX_EXPANDED_NODES:
+                raise ConfigError(
+                    f"{_where(loader, node)}: YAML aliases expand this value beyond {_MAX_EXPANDED_NODES} items"
+                )
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in open_nodes:
+            raise ConfigError(f"{_where(loader, node)}: a YAML alias makes this value contain itself")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _node_children(node) if id(c) not in size)
+
+
 def load_yaml(path: str) -> dict:
     """Read one YAML file safely (no `_BASE_` handling). Every error is a ConfigError naming
     the file (and the key and line where there is one), never quoting the file's text."""
@@ -282,6 +321,7 @@ def load_yaml(path: str) -> dict:
                 node = loader.get_single_node()
                 if node is not None:
                     _check_nodes(loader, node, "")
+                    _check_expanded_size(loader, node)
                 data = None if node is None else loader.construct_document(node)
             finally:
                 loader.dispose()

@@ -107,3 +107,21 @@ def test_unreadable_files_name_the_file(tmp_path: Path, content: bytes):
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=r"binary\.yaml"):
         get_cfg().merge_from_file(str(path))
+
+
+def test_yaml_alias_bombs_and_self_reference_are_refused(tmp_path: Path):
+    path = tmp_path / "laughs.yaml"
+    levels = ["a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    path.write_text("\n".join(levels) + "\nSOLVER:\n  STEPS: *a9\n")
+    with pytest.raises(
+        ConfigError, match=r"laughs\.yaml: key \S+ \(line \d+\): YAML aliases expand this value beyond"
+    ):
+        get_cfg().merge_from_file(str(path))
+    path.write_text("SOLVER:\n  STEPS: &s [1, *s]\n")
+    with pytest.raises(ConfigError, match=r"laughs\.yaml: key SOLVER\.STEPS.*contain itself"):
+        get_cfg().merge_from_file(str(path))
+    path.write_text("A: &a [1, 2]\nSOLVER:\n  STEPS: *a\n")  # plain aliases still load
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    assert tuple(cfg.SOLVER.STEPS) == (1, 2)
