@@ -102,6 +102,9 @@ def _start_long_training(tmp_path: Path, num_gpus: int, **overrides) -> tuple[su
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as a job started in the background by a script (`train_net.py ... &`): SIGINT ignored,
+        # which Python's default KeyboardInterrupt and torch's parent-death SIGINT rely on
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         _wait_for(lambda: (out / "last_checkpoint").exists() or proc.poll() is not None, 240, "a checkpoint")
@@ -145,11 +148,11 @@ def test_workers_die_with_a_killed_launcher(tmp_path: Path):
     proc, out = _start_long_training(tmp_path, num_gpus=2)
     workers = [p for p in _children(proc.pid) if _alive(p)]
     proc.kill()
-    proc.communicate(timeout=60)
     try:
         _wait_for(lambda: not any(_alive(p) for p in workers), 120, "the workers to end")
     finally:
         _kill_all(workers)
+    proc.communicate(timeout=60)  # the workers held the output pipes
     for path in out.glob("*.pth"):
         assert torch.load(path, map_location="cpu", weights_only=True)["iteration"] >= 0
 
