@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -26,7 +27,7 @@ import torch
 from mask2former.checkpoint.atomic import atomic_write
 from mask2former.config import get_cfg
 from mask2former.engine.defaults import default_argument_parser, default_setup
-from mask2former.engine.launch import backend_for_device, launch
+from mask2former.engine.launch import TrainingStopped, backend_for_device, launch
 from mask2former.engine.trainer import Trainer
 from mask2former.utils import dist as dist_utils
 
@@ -114,15 +115,19 @@ def cli(argv: Sequence[str] | None = None, trainer_cls: type[Trainer] = Trainer)
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     device = build_config(args).MODEL.DEVICE
-    launch(
-        functools.partial(main, trainer_cls=trainer_cls),
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        backend=backend_for_device(device),
-    )
+    try:
+        launch(
+            functools.partial(main, trainer_cls=trainer_cls),
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            backend=backend_for_device(device),
+        )
+    except TrainingStopped as e:  # SIGINT/SIGTERM: a checkpoint was written
+        print(f"Training stopped: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ with PIL. PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) is left 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image, ImageOps
@@ -19,11 +21,20 @@ class DatasetFormatError(ValueError):
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def _refuse_special_file(file_name, what: str) -> None:
+    """A FIFO, device or socket is refused before `open` (which could block forever)."""
+    if isinstance(file_name, (str, os.PathLike)):
+        from .path_check import require_regular_file  # path_check imports this module
+
+        require_regular_file(os.fspath(file_name), what)
+
+
 def read_image(file_name: str, format: str = "RGB") -> np.ndarray:
     """Decode an image file. Returns uint8 [H, W, 3] in `format` ("RGB" or "BGR") or [H, W, 1]
     for "L". Raises DatasetFormatError (naming the file) for a missing, corrupt or truncated file."""
     if format not in ("RGB", "BGR", "L"):
         raise ValueError(f"Unsupported image format {format!r}; use 'RGB', 'BGR' or 'L'")
+    _refuse_special_file(file_name, "Image file")
     try:
         with Image.open(file_name) as img:
             img.load()  # decode now, so a truncated file fails here
@@ -46,6 +57,7 @@ def read_image(file_name: str, format: str = "RGB") -> np.ndarray:
 
 def read_label_png(file_name: str) -> np.ndarray:
     """A label image (semantic ids, 8 or 16 bit, palette indices kept) as int64 [H, W]."""
+    _refuse_special_file(file_name, "Label file")
     try:
         with Image.open(file_name) as img:
             img.load()
@@ -75,6 +87,7 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
 
 def read_panoptic_png(file_name: str) -> np.ndarray:
     """A COCO-format panoptic PNG as segment ids int64 [H, W]."""
+    _refuse_special_file(file_name, "Panoptic PNG")
     try:
         with Image.open(file_name) as img:
             img.load()

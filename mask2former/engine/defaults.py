@@ -14,6 +14,8 @@ import torch
 from mask2former.utils import dist as dist_utils
 from mask2former.utils.logger import setup_logger
 
+from .output_lock import lock_output_dir
+
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     """Detectron2's command line: config file, resume/eval-only, distributed options and
@@ -74,7 +76,8 @@ def seed_all_rng(seed: int | None = None) -> int:
 
 
 def default_setup(cfg, args: argparse.Namespace) -> None:
-    """Per-worker set-up: create OUTPUT_DIR, log to the console and OUTPUT_DIR/log.txt, log
+    """Per-worker set-up: create OUTPUT_DIR and, to train, take its lock (one training per
+    folder, see `output_lock`), log to the console and OUTPUT_DIR/log.txt, log
     the environment, command line and config, dump the full config to OUTPUT_DIR/config.yaml
     (rank 0), seed the RNGs with SEED + rank (random when SEED < 0), set cudnn.benchmark.
     With --eval-only, the log and config go to OUTPUT_DIR/inference/ instead, so evaluating a
@@ -83,10 +86,19 @@ def default_setup(cfg, args: argparse.Namespace) -> None:
     if getattr(args, "eval_only", False):
         output_dir = os.path.join(output_dir, "inference")
     rank = dist_utils.get_rank()
+    stale_lock = None
     if dist_utils.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
+        if not getattr(args, "eval_only", False):  # evaluation may read a running training's folder
+            stale_lock = lock_output_dir(output_dir)
     dist_utils.synchronize()
     logger = setup_logger(output_dir, distributed_rank=rank, name="mask2former")
+    if stale_lock:
+        logger.warning(
+            "Took over the lock of OUTPUT_DIR %s from a training that no longer runs: %s",
+            output_dir,
+            stale_lock,
+        )
 
     logger.info("Rank of current process: %d. World size: %d", rank, dist_utils.get_world_size())
     logger.info(

@@ -9,23 +9,37 @@ Three ways in:
 NCCL is used for CUDA devices, gloo for CPU.
 
 Failures: when a spawned worker raises or dies, the others are terminated, and `launch`
-raises `WorkerFailedError` naming the rank that failed first with its traceback, once.
+raises `WorkerFailedError` naming the rank that failed first with its traceback (or the
+signal / exit code of a worker that died without raising: segfault, `os._exit`), once.
+
+Stopping: SIGINT/SIGTERM to the launcher are passed on to the workers as SIGTERM; their
+trainers write a checkpoint after the current iteration and stop, and `launch` raises
+`TrainingStopped` (tools exit with 128 + the signal number). Workers die with the launcher:
+Linux sends them SIGTERM when it dies, even by SIGKILL (PR_SET_PDEATHSIG; a watchdog thread
+elsewhere).
 Every collective runs with `timeout`, so a worker on another machine that waits for a
 dead peer stops too, instead of hanging.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import datetime
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
+import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from types import FrameType
 
 import torch
 import torch.distributed as dist
@@ -35,11 +49,13 @@ from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 from mask2former.checkpoint import atomic_write
 from mask2former.utils import dist as dist_utils
 
+from .stop import STOP_SIGNALS, TrainingStopped
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
 
-__all__ = ["DEFAULT_TIMEOUT", "WorkerFailedError", "backend_for_device", "launch"]
+__all__ = ["DEFAULT_TIMEOUT", "TrainingStopped", "WorkerFailedError", "backend_for_device", "launch"]
 
 
 class WorkerFailedError(RuntimeError):
@@ -196,36 +212,108 @@ def _spawn_workers(
     machine_rank: int,
 ) -> None:
     """Spawn this machine's workers and wait for them; the first failure is raised as
-    WorkerFailedError (the others are terminated by torch.multiprocessing)."""
+    WorkerFailedError (the others are terminated by torch.multiprocessing). SIGINT/SIGTERM
+    to this process are passed on to the workers as SIGTERM, and end in TrainingStopped."""
     world_size = num_machines * num_gpus_per_machine
     error_dir = tempfile.mkdtemp(prefix="mask2former_launch_")
+    forwarder = _SignalForwarder()
     try:
-        context = mp.start_processes(
-            _distributed_worker,
-            nprocs=num_gpus_per_machine,
-            args=(
-                main_func,
-                world_size,
-                num_gpus_per_machine,
-                machine_rank,
-                backend,
-                dist_url,
-                args,
-                timeout,
-                error_dir,
-            ),
-            join=False,
-            start_method="spawn",
-        )
-        try:
-            while not context.join():
-                pass
-        except ProcessException as e:
-            raise WorkerFailedError(
-                _describe_failure(e, error_dir, machine_rank, num_gpus_per_machine)
-            ) from None
+        with forwarder:
+            context = mp.start_processes(
+                _distributed_worker,
+                nprocs=num_gpus_per_machine,
+                args=(
+                    main_func,
+                    world_size,
+                    num_gpus_per_machine,
+                    machine_rank,
+                    backend,
+                    dist_url,
+                    args,
+                    timeout,
+                    error_dir,
+                    os.getpid(),
+                ),
+                join=False,
+                start_method="spawn",
+            )
+            forwarder.pids = [p.pid for p in context.processes]
+            _wait_for_workers(context, forwarder, error_dir, machine_rank, num_gpus_per_machine)
     finally:
         shutil.rmtree(error_dir, ignore_errors=True)
+
+
+def _wait_for_workers(context, forwarder, error_dir: str, machine_rank: int, per_machine: int) -> None:
+    try:
+        # Poll, so a stop signal arriving meanwhile gives stopping workers time to finish
+        # their checkpoint before torch.multiprocessing terminates the rest.
+        while not context.join(timeout=1.0, grace_period=_STOP_GRACE_S if forwarder.signum else None):
+            pass
+        if forwarder.signum is not None:  # every worker ended cleanly after the signal
+            name = signal.Signals(forwarder.signum).name
+            raise TrainingStopped(f"stopped by {name}: the workers ended", forwarder.signum)
+    except ProcessException as e:
+        message, stopped = _describe_failure(e, error_dir, machine_rank, per_machine)
+        if forwarder.signum is not None or stopped:
+            signum = forwarder.signum or signal.SIGTERM
+            raise TrainingStopped(message, signum) from None
+        raise WorkerFailedError(message) from None
+
+
+_STOP_GRACE_S = 120.0
+
+
+class _SignalForwarder:
+    """While active: SIGINT/SIGTERM to the launcher are recorded and sent on to the workers
+    as SIGTERM (whose trainers then write a checkpoint and stop)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.pids: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        logger.warning(
+            "launcher received %s: asking the %d workers to write a checkpoint and stop",
+            signal.Signals(signum).name,
+            len(self.pids),
+        )
+        self.signum = signum
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def __enter__(self) -> _SignalForwarder:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to send SIGTERM to this worker when the launcher dies (even by SIGKILL); the
+    trainer then writes a checkpoint and stops. Elsewhere, a thread watches the parent's pid."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    else:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _distributed_worker(
@@ -239,38 +327,68 @@ def _distributed_worker(
     args: tuple,
     timeout: datetime.timedelta,
     error_dir: str,
+    parent_pid: int,
 ) -> None:
+    _die_with_parent(parent_pid)
     rank = machine_rank * num_gpus_per_machine + local_rank
     try:
         _init_worker(backend, dist_url, world_size, rank, local_rank, num_gpus_per_machine, timeout)
         main_func(*args)
+    except TrainingStopped as e:
+        _write_report(error_dir, rank, _STOPPED, f"{e}\n")
+        raise
     except BaseException:
         # Record when and how this rank failed, so the parent reports the first failure
         # (the others are usually peers losing their connection to it).
-        # Written atomically, so the parent never reads half a report.
-        report = f"{time.time()}\n{traceback.format_exc()}".encode()
-        atomic_write(os.path.join(error_dir, f"rank{rank}"), lambda f: f.write(report))
+        _write_report(error_dir, rank, _FAILED, traceback.format_exc())
         raise
     dist.destroy_process_group()
 
 
-def _describe_failure(error: ProcessException, error_dir: str, machine_rank: int, per_machine: int) -> str:
+_STOPPED, _FAILED = "stopped", "failed"
+
+
+def _write_report(error_dir: str, rank: int, kind: str, text: str) -> None:
+    """Written atomically, so the parent never reads half a report."""
+    report = f"{time.time()}\n{kind}\n{text}".encode()
+    atomic_write(os.path.join(error_dir, f"rank{rank}"), lambda f: f.write(report))
+
+
+def _read_reports(error_dir: str) -> list[tuple[float, int, str, str]]:
+    """(time, rank, kind, text) of every finished report, oldest first."""
     reports = []
     for name in os.listdir(error_dir):
         if name.startswith("."):  # a report still being written
             continue
         with open(os.path.join(error_dir, name)) as f:
-            stamp, tb = f.read().split("\n", 1)
-        reports.append((float(stamp), int(name.removeprefix("rank")), tb))
-    if reports:
-        reports.sort()
-        _, rank, tb = reports[0]
-        others = sorted(r for _, r, _ in reports[1:])
-        tail = f"\n(ranks {others} failed after it)" if others else ""
-        return f"worker rank {rank} failed:\n{tb.rstrip()}{tail}"
+            stamp, kind, text = f.read().split("\n", 2)
+        reports.append((float(stamp), int(name.removeprefix("rank")), kind, text))
+    return sorted(reports)
+
+
+def _describe_failure(
+    error: ProcessException, error_dir: str, machine_rank: int, per_machine: int
+) -> tuple[str, bool]:
+    """The message for the first failure, and whether every report is a clean stop."""
+    reports = _read_reports(error_dir)
     rank = machine_rank * per_machine + error.error_index
-    if isinstance(error, ProcessExitedException) and error.signal_name:
-        return f"worker rank {rank} (pid {error.pid}) was killed by signal {error.signal_name}"
-    if isinstance(error, ProcessExitedException):
-        return f"worker rank {rank} (pid {error.pid}) exited with code {error.exit_code}"
-    return f"worker rank {rank} failed:\n{error}"
+    reported = {r for _, r, _, _ in reports}
+    if isinstance(error, ProcessExitedException) and rank not in reported:
+        # Died without raising (signal, os._exit): it is the first failure; peers that lost
+        # their connection to it report after.
+        how = (
+            f"was killed by signal {error.signal_name}"
+            if error.signal_name
+            else f"exited with code {error.exit_code}"
+        )
+        tail = f"\n(ranks {sorted(reported)} failed after it)" if reported else ""
+        return f"worker rank {rank} (pid {error.error_pid}) {how}{tail}", False
+    if not reports:
+        return f"worker rank {rank} failed:\n{error}", False
+    _, first, kind, text = reports[0]
+    if all(k == _STOPPED for _, _, k, _ in reports):
+        return f"worker rank {first} {text.rstrip()}", True
+    _, first, kind, text = next(r for r in reports if r[2] == _FAILED)
+    others = sorted(r for _, r, _, _ in reports if r != first)
+    tail = f"\n(ranks {others} failed after it)" if others else ""
+    return f"worker rank {first} failed:\n{text.rstrip()}{tail}", False

@@ -13,6 +13,9 @@ dict of `loss_*` scalars -> mean over workers (one all-reduce, also used for log
 non-finite term stops the run with FloatingPointError naming the term(s) and the iteration,
 or, with SOLVER.SKIP_NONFINITE_STEPS, drops that update -> backward (GradScaler for float16)
 -> unscale, clip gradients, optimizer step. The LRScheduler hook steps the scheduler.
+
+SIGINT/SIGTERM during `train()` (see `stop.py`): the all-reduce also carries "a worker was asked
+to stop"; every rank then saves a checkpoint after that iteration and raises TrainingStopped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -41,6 +45,7 @@ from mask2former.utils.precision import autocast_dtype
 
 from . import hooks as hooks_module
 from .hook_base import HookBase
+from .stop import StopOnSignals, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +151,8 @@ class Trainer:
         self.storage: EventStorage
         self._data_iter: Iterator | None = None
         self._hooks: list[HookBase] = []
+        self._stop_signal = StopOnSignals()
+        self._stop_everywhere = False
         self.register_hooks(self.build_hooks())
 
     # ---- set-up --------------------------------------------------------------------------
@@ -200,7 +207,7 @@ class Trainer:
         self.iter = self.start_iter
         self._data_iter = iter(self.data_loader)
         self.model.train()
-        with EventStorage(self.start_iter) as self.storage:
+        with EventStorage(self.start_iter) as self.storage, StopOnSignals() as self._stop_signal:
             try:
                 for h in self._hooks:
                     h.before_train()
@@ -211,10 +218,29 @@ class Trainer:
                     self.run_step()
                     for h in self._hooks:
                         h.after_step()
+                    if self._should_stop() and it + 1 < self.max_iter:
+                        self._stop_with_checkpoint(it)
                 self.iter = self.max_iter
             finally:
                 for h in self._hooks:
                     h.after_train()
+
+    def _should_stop(self) -> bool:
+        """A stop signal reached some worker (shared by `_reduce_losses`; a lone worker also
+        sees its own signal when a subclass's `run_step` skips `_reduce_losses`)."""
+        alone = dist_utils.get_world_size() == 1
+        return self._stop_everywhere or (alone and self._stop_signal.signum is not None)
+
+    def _stop_with_checkpoint(self, it: int) -> None:
+        """A worker got SIGINT/SIGTERM: every rank saves the state after `it` and stops."""
+        path = self.checkpointer.save(f"model_{it:07d}", iteration=it)
+        dist_utils.synchronize()  # no rank exits while rank 0 is still writing
+        signum = self._stop_signal.signum or signal.SIGTERM
+        raise TrainingStopped(
+            f"stopped by {signal.Signals(signum).name} after iteration {it}: checkpoint {path} written; "
+            "continue with --resume",
+            signum,
+        )
 
     def run_step(self) -> None:
         start = time.perf_counter()
@@ -258,8 +284,14 @@ class Trainer:
                 )
             if not isinstance(v, torch.Tensor) or v.dim() != 0:
                 raise TypeError(f"loss {k!r} must be a scalar tensor, got {getattr(v, 'shape', type(v))}")
-        stacked = torch.stack([loss_dict[k].detach().float() for k in names])
-        return names, dist_utils.all_reduce_mean(stacked).cpu().tolist()
+        # One all-reduce carries the losses and whether any worker was asked to stop.
+        stop = torch.tensor(float(self._stop_signal.signum is not None))
+        stacked = torch.stack(
+            [loss_dict[k].detach().float() for k in names] + [stop.to(loss_dict[names[0]].device)]
+        )
+        *means, stop_mean = dist_utils.all_reduce_mean(stacked).cpu().tolist()
+        self._stop_everywhere = stop_mean > 0
+        return names, means
 
     def _on_nonfinite(
         self, names: list[str], values: list[float], bad: list[str], losses: torch.Tensor

@@ -17,6 +17,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..detection_utils import read_label_png
+from ..path_check import check_dataset_paths
 from .coco import BBOX_MODE_XYWH_ABS, require_path
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def load_cityscapes_semantic(image_dir: str, gt_dir: str) -> list[dict]:
         label = prefix + "labelTrainIds.png"
         require_path(label, "Cityscapes train-id label", _PREPARE)
         dicts.append({"file_name": image_file, "sem_seg_file_name": label, "height": 1024, "width": 2048})
-    return dicts
+    return check_dataset_paths(dicts, image_dir, {"file_name": image_dir, "sem_seg_file_name": gt_dir}, True)
 
 
 def load_cityscapes_instances(image_dir: str, gt_dir: str) -> list[dict]:
@@ -100,7 +101,7 @@ def load_cityscapes_panoptic(image_dir: str, gt_dir: str, gt_json: str, meta) ->
         city = stem.split("_")[0]
         d["file_name"] = os.path.join(image_dir, city, stem + "_leftImg8bit.png")
         d["sem_seg_file_name"] = os.path.join(label_dir, split, city, stem + "_gtFine_labelTrainIds.png")
-    return dicts
+    return check_dataset_paths(dicts, gt_json, {"file_name": image_dir, "sem_seg_file_name": label_dir})
 
 
 __all__ = ["load_cityscapes_instances", "load_cityscapes_panoptic", "load_cityscapes_semantic"]

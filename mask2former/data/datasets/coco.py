@@ -10,6 +10,7 @@ import numpy as np
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..detection_utils import DatasetFormatError
+from ..path_check import check_dataset_paths
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ def load_coco_json(
             sorted(skip_category_ids),
         )
     dicts = [records[k] for k in sorted(records, key=lambda k: (isinstance(k, str), k))]
+    dicts = check_dataset_paths(dicts, json_file, {"file_name": image_root})
     logger.info("Loaded %d images in COCO format from %s", len(dicts), json_file)
     return dicts
 
@@ -337,6 +339,7 @@ def load_sem_seg(gt_root: str, image_root: str, gt_ext: str = ".png", image_ext:
         }
         for g in gts
     ]
+    dicts = check_dataset_paths(dicts, gt_root, {"file_name": image_root, "sem_seg_file_name": gt_root}, True)
     logger.info("Loaded %d images with semantic labels from %s", len(dicts), gt_root)
     return dicts
 

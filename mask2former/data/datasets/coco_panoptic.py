@@ -7,6 +7,7 @@ import os
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..detection_utils import DatasetFormatError
+from ..path_check import check_dataset_paths
 from .coco import entries, field, read_categories, read_json_object, require_path
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ def load_coco_panoptic_json(
         dicts.append(record)
     if not dicts:
         raise DatasetFormatError(f"No annotations in panoptic JSON {json_file}")
+    dicts = check_dataset_paths(
+        dicts, json_file, dict(file_name=image_dir, pan_seg_file_name=gt_dir, sem_seg_file_name=sem_seg_dir)
+    )
     logger.info("Loaded %d images in COCO panoptic format from %s", len(dicts), json_file)
     return dicts
 
