@@ -42,7 +42,34 @@ logger = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | str | os.PathLike
 
-__all__ = ["ImageInput", "Predictor"]
+__all__ = ["ImageInput", "Predictor", "use_checkpoint_metadata"]
+
+
+def use_checkpoint_metadata(cfg, weights: str) -> Metadata | None:
+    """When the weights file carries its training set's metadata: register it as
+    "<dataset> (<file name>)", make that the (unfrozen) `cfg`'s DATASETS.TRAIN and TEST, so the
+    model is built with the file's thing classes, and return it. None when the file has none
+    (published checkpoints: the config's dataset is used). Raises ValueError, naming both numbers,
+    when MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the number of classes the file was trained on."""
+    meta = read_checkpoint_metadata(weights) if weights else None
+    if meta is None:
+        return None
+    fields = {k: v for k, v in meta.items() if k not in ("dataset_name", "num_classes")}
+    named = metadata_num_classes(fields)
+    configured = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    if named is not None and named != configured:
+        raise ValueError(
+            f"{weights} was trained on {named} classes (dataset {meta.get('dataset_name')!r}: its metadata) "
+            f"but MODEL.SEM_SEG_HEAD.NUM_CLASSES is {configured}; set MODEL.SEM_SEG_HEAD.NUM_CLASSES {named}"
+        )
+    name = f"{meta.get('dataset_name', 'unnamed')} ({os.path.basename(weights)})"
+    MetadataCatalog.pop(name, None)
+    metadata = MetadataCatalog.get(name).set(**fields)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATASETS.TEST = (name,)
+    logger.info("class names from the metadata in %s (dataset %r, %s classes)", weights,
+                meta.get("dataset_name"), named)  # fmt: skip
+    return metadata
 
 
 class Predictor:
@@ -60,9 +87,11 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"Predictor batch_size must be at least 1, got {batch_size}")
         self.cfg = cfg.clone()
+        self.cfg.defrost()
+        from_weights = use_checkpoint_metadata(self.cfg, self.cfg.MODEL.WEIGHTS)
         self.cfg.freeze()
         self.batch_size = batch_size
-        self.metadata = self._metadata_from_weights() or self._metadata_from_config()
+        self.metadata = from_weights or self._metadata_from_config()
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
@@ -122,32 +151,6 @@ class Predictor:
         if self.input_format == "BGR":
             image = image.flip(0)
         return {"image": image.contiguous(), "height": h, "width": w}
-
-    def _metadata_from_weights(self) -> Metadata | None:
-        """The weights file's own metadata, registered as "<dataset> (<file>)" and made the
-        config's dataset for building the model (which reads which classes are things)."""
-        weights = self.cfg.MODEL.WEIGHTS
-        meta = read_checkpoint_metadata(weights) if weights else None
-        if meta is None:
-            return None
-        fields = {k: v for k, v in meta.items() if k not in ("dataset_name", "num_classes")}
-        named = metadata_num_classes(fields)
-        configured = int(self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-        if named is not None and named != configured:
-            raise ValueError(
-                f"{weights} was trained on {named} classes (dataset {meta.get('dataset_name')!r}: its metadata) "
-                f"but MODEL.SEM_SEG_HEAD.NUM_CLASSES is {configured}; set MODEL.SEM_SEG_HEAD.NUM_CLASSES {named}"
-            )
-        name = f"{meta.get('dataset_name', 'unnamed')} ({os.path.basename(weights)})"
-        MetadataCatalog.pop(name, None)
-        metadata = MetadataCatalog.get(name).set(**fields)
-        self.cfg.defrost()
-        self.cfg.DATASETS.TRAIN = (name,)
-        self.cfg.DATASETS.TEST = (name,)
-        self.cfg.freeze()
-        logger.info("class names from the metadata in %s (dataset %r, %s classes)", weights,
-                    meta.get("dataset_name"), named)  # fmt: skip
-        return metadata
 
     def _metadata_from_config(self) -> Metadata:
         names = list(self.cfg.DATASETS.TEST) or list(self.cfg.DATASETS.TRAIN)
