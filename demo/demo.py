@@ -8,9 +8,18 @@
     python demo/demo.py --config-file <cfg> --video-input clip.mp4 --output out.mp4 --opts MODEL.WEIGHTS model.pkl
 
 What is drawn (`--task`): "auto" draws the panoptic result when the model produces one, else the
-instances, else the semantic result. Instances are filtered by `--confidence-threshold` and drawn
-with their mask, outline, box, class name and score; panoptic and semantic segments get their
-class name.
+instances, else the semantic result. Instances and panoptic segments are filtered by
+`--confidence-threshold` (their score); instances are drawn with their mask, outline, box, class
+name and score, panoptic and semantic segments with their class name. Class names come from the
+weights file when it carries its training set's metadata (checkpoints this project writes do).
+
+Before the model is loaded the arguments are checked: weights are required (random weights only
+with `--allow-random-weights`), inputs must exist (a folder with no image, a missing video and a
+named FIFO/device/socket are errors), a file `--output` takes one input, and no output may
+overwrite an input. Outputs mirror the inputs' paths relative to their common folder, so
+`a/x.png` and `b/x.png` give `<output>/a/x.png` and `<output>/b/x.png`. Special files found in a
+folder or glob, and images that cannot be decoded, are skipped with a warning; the run finishes
+the batch, prints a summary and exits with status 1 when something was skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import glob
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if TYPE_CHECKING:
     import cv2
     import numpy as np
+    import torch
 
     from mask2former.inference import Predictor
 
@@ -38,6 +49,10 @@ logger = logging.getLogger("mask2former.demo")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TASKS = ("auto", "panoptic", "instance", "semantic")
+
+
+class DemoArgumentError(ValueError):
+    """Arguments that cannot work (found before the model is loaded); the message says why."""
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -48,17 +63,22 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", nargs="+", help="image files, glob patterns (quoted) or folders")
     parser.add_argument(
         "--output",
-        help="where to write the drawn results: a folder (created if needed), or a file name for a "
-        "single input image or a video",
+        help="where to write the drawn results: a folder (created if needed; outputs mirror the inputs' "
+        "relative paths), or a file name for a single input image or a video",
     )
     parser.add_argument(
         "--confidence-threshold",
         type=float,
         default=0.5,
-        help="minimum score of the instances to draw (instance results)",
+        help="minimum score of the instances and panoptic segments to draw (not used for semantic results)",
     )
     parser.add_argument("--task", choices=TASKS, default="auto", help="which result to draw (default: auto)")
     parser.add_argument("--scale", type=float, default=1.0, help="size of the drawings relative to the input")
+    parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="run even when MODEL.WEIGHTS is empty (a model with random weights; for trying the tool out)",
+    )
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs"
     )
@@ -75,37 +95,105 @@ def setup_cfg(args: argparse.Namespace):
     return cfg
 
 
-def expand_inputs(patterns: Sequence[str]) -> list[str]:
-    """Files, globs and folders (their image files, sorted) -> a list of image paths."""
+def special_file_kind(path: str) -> str | None:
+    """None for a regular file, else what it is ("FIFO", "device", "socket", "folder", ...).
+    Uses os.stat, which never opens the file (opening a FIFO would block)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _listed_images(candidates: list[str], skipped: list[dict]) -> list[str]:
+    """The regular files among `candidates` (from a folder or a glob); special files are
+    skipped with a warning and recorded in `skipped`."""
+    found = []
+    for path in candidates:
+        kind = special_file_kind(path)
+        if kind is None:
+            found.append(path)
+        elif kind != "folder":
+            logger.warning("skipping %s: a %s, not an image file", path, kind)
+            skipped.append({"input": path, "output": None, "num_instances": 0, "skipped": f"a {kind}"})
+    return found
+
+
+def expand_inputs(patterns: Sequence[str], skipped: list[dict] | None = None) -> list[str]:
+    """Files, globs and folders (their image files, sorted) -> a list of image paths, each once.
+    Special files in folders and globs are skipped (warning; appended to `skipped`); a special
+    file named directly is an error."""
+    skipped = [] if skipped is None else skipped
     paths: list[str] = []
     for p in patterns:
         if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise FileNotFoundError(f"--input folder {p} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
-            paths.extend(found)
+            names = sorted(f for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = _listed_images([os.path.join(p, f) for f in names], skipped)
+            if not names:
+                raise DemoArgumentError(f"--input folder {p} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
         elif glob.has_magic(p):
-            found = sorted(glob.glob(os.path.expanduser(p)))
-            if not found:
-                raise FileNotFoundError(f"--input pattern {p!r} matches no file")
-            paths.extend(found)
-        elif os.path.isfile(p):
-            paths.append(p)
+            matches = sorted(glob.glob(os.path.expanduser(p)))
+            if not matches:
+                raise DemoArgumentError(f"--input pattern {p!r} matches no file")
+            found = _listed_images(matches, skipped)
+        elif os.path.lexists(p) and os.path.exists(p):
+            kind = special_file_kind(p)
+            if kind is not None:
+                raise DemoArgumentError(f"--input {p} is a {kind}, not an image file")
+            found = [p]
         else:
-            raise FileNotFoundError(f"--input {p}: no such file or folder")
-    return paths
+            raise DemoArgumentError(f"--input {p}: no such file or folder")
+        paths.extend(found)
+    unique = {os.path.realpath(p): p for p in reversed(paths)}
+    return [p for p in paths if unique[os.path.realpath(p)] is p]
 
 
-def output_path(output: str, input_path: str, num_inputs: int) -> str:
-    """A folder output gets the input's base name; a file output takes one input only."""
-    is_file = not os.path.isdir(output) and os.path.splitext(output)[1].lower() in IMAGE_EXTENSIONS
-    if not is_file:
-        os.makedirs(output, exist_ok=True)
-        return os.path.join(output, os.path.basename(input_path))
-    if num_inputs != 1:
-        raise ValueError(f"--output {output} is a file name but there are {num_inputs} inputs; give a folder")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    return output
+def is_file_output(output: str) -> bool:
+    """A --output naming an image file (not an existing folder)."""
+    return not os.path.isdir(output) and os.path.splitext(output)[1].lower() in IMAGE_EXTENSIONS
+
+
+def plan_outputs(output: str, inputs: list[str]) -> list[str]:
+    """One output path per input, checked before anything runs: a file --output takes one
+    input; in a folder the outputs mirror the inputs' paths relative to their common folder (so
+    equal base names stay apart); no output may be an input. Raises DemoArgumentError."""
+    if is_file_output(output):
+        if len(inputs) != 1:
+            raise DemoArgumentError(
+                f"--output {output} is a file name but there are {len(inputs)} inputs; give a folder"
+            )
+        planned = [output]
+    elif len(inputs) == 1:
+        planned = [os.path.join(output, os.path.basename(inputs[0]))]
+    else:
+        absolute = [os.path.abspath(p) for p in inputs]
+        root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+        planned = [os.path.join(output, os.path.relpath(p, root)) for p in absolute]
+    by_input = {os.path.realpath(p): p for p in inputs}
+    for out in planned:
+        clash = by_input.get(os.path.realpath(out))
+        if clash is not None:
+            raise DemoArgumentError(
+                f"--output {output} would overwrite the input {clash}; write the drawings somewhere else"
+            )
+    return planned
+
+
+def check_weights(cfg, args: argparse.Namespace) -> None:
+    """Refuse to run a model with random weights unless asked."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        if not args.allow_random_weights:
+            raise DemoArgumentError(
+                "MODEL.WEIGHTS is empty: the model would have random weights and draw meaningless results; "
+                "give --opts MODEL.WEIGHTS <file>, or --allow-random-weights to try the tool out"
+            )
+        logger.warning("MODEL.WEIGHTS is empty: drawing the predictions of a model with random weights")
+    elif "://" not in weights and not os.path.isfile(weights):
+        raise DemoArgumentError(f"MODEL.WEIGHTS {weights}: no such file")
 
 
 def choose_task(task: str, predictions: dict) -> str:
@@ -123,6 +211,20 @@ def choose_task(task: str, predictions: dict) -> str:
     return task
 
 
+def filter_panoptic(panoptic_seg: torch.Tensor, segments: list[dict], threshold: float):
+    """Keep the segments scoring at least `threshold`; the pixels of the others become 0
+    (unlabelled). Segments without a score are kept."""
+    import torch
+
+    kept = [s for s in segments if s.get("score", 1.0) >= threshold]
+    if len(kept) == len(segments):
+        return panoptic_seg, segments
+    kept_ids = torch.tensor(
+        [int(s["id"]) for s in kept], dtype=panoptic_seg.dtype, device=panoptic_seg.device
+    )
+    return torch.where(torch.isin(panoptic_seg, kept_ids), panoptic_seg, 0), kept
+
+
 def draw_predictions(
     image_rgb: np.ndarray, predictions: dict, metadata, task: str, confidence_threshold: float, scale: float
 ) -> tuple[np.ndarray, int]:
@@ -133,7 +235,7 @@ def draw_predictions(
     task = choose_task(task, predictions)
     vis = Visualizer(image_rgb, metadata, scale=scale)
     if task == "panoptic":
-        pan, segments = predictions["panoptic_seg"]
+        pan, segments = filter_panoptic(*predictions["panoptic_seg"], confidence_threshold)
         return vis.draw_panoptic_seg(pan, segments).get_image(), sum(bool(s["isthing"]) for s in segments)
     if task == "instance":
         inst = predictions["instances"].to("cpu")
@@ -142,16 +244,31 @@ def draw_predictions(
     return vis.draw_sem_seg(predictions["sem_seg"]).get_image(), 0
 
 
-def run_on_images(predictor: Predictor, args: argparse.Namespace) -> list[dict]:
+def _read_input(path: str) -> np.ndarray | str:
+    """The image (RGB), or why it is skipped. The file type is checked with os.stat first, so a
+    file replaced by a FIFO since listing cannot block the run."""
+    from mask2former.data.detection_utils import DatasetFormatError, read_image
+
+    try:
+        kind = special_file_kind(path)
+        if kind is not None:
+            return f"a {kind}"
+        return read_image(path, "RGB")
+    except (OSError, DatasetFormatError) as e:
+        return str(e)
+
+
+def run_on_images(predictor: Predictor, args: argparse.Namespace, paths: list[str], outputs: list[str]):
     import cv2
     import tqdm
 
-    from mask2former.data.detection_utils import read_image
-
-    paths = expand_inputs(args.input)
     summary = []
-    for path in tqdm.tqdm(paths, desc="demo", unit="image", disable=len(paths) < 2):
-        rgb = read_image(path, "RGB")
+    for path, out in tqdm.tqdm(list(zip(paths, outputs)), desc="demo", unit="image", disable=len(paths) < 2):
+        rgb = _read_input(path)
+        if isinstance(rgb, str):
+            logger.warning("skipping %s: %s", path, rgb)
+            summary.append({"input": path, "output": None, "num_instances": 0, "skipped": rgb})
+            continue
         start = time.perf_counter()
         predictions = predictor(rgb, format="RGB")
         elapsed = time.perf_counter() - start
@@ -159,16 +276,16 @@ def run_on_images(predictor: Predictor, args: argparse.Namespace) -> list[dict]:
             rgb, predictions, predictor.metadata, args.task, args.confidence_threshold, args.scale
         )
         logger.info("%s: %d instances drawn, inference %.2fs", path, count, elapsed)
-        out = None
         if args.output:
-            out = output_path(args.output, path, len(paths))
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
             if not cv2.imwrite(out, drawn[:, :, ::-1]):
                 raise OSError(f"could not write {out}")
         else:
+            out = None
             show("Mask2Former", drawn)
             if cv2.waitKey(0) == 27:
                 break
-        summary.append({"input": path, "output": out, "num_instances": count})
+        summary.append({"input": path, "output": out, "num_instances": count, "skipped": None})
     return summary
 
 
@@ -183,7 +300,30 @@ def show(window: str, image_rgb: np.ndarray) -> None:
         ) from e
 
 
-def run_on_video(predictor: Predictor, args: argparse.Namespace) -> list[dict]:
+def video_output_path(args: argparse.Namespace) -> str | None:
+    """Where the drawn video goes (None: shown in a window); never the input video."""
+    out = args.output
+    if not out:
+        return None
+    if os.path.isdir(out) or not os.path.splitext(out)[1]:
+        name = "webcam" if args.webcam else os.path.splitext(os.path.basename(args.video_input))[0]
+        out = os.path.join(out, name + ".mp4")
+    if args.video_input and os.path.realpath(out) == os.path.realpath(args.video_input):
+        raise DemoArgumentError(f"--output {args.output} would overwrite the input video {args.video_input}")
+    return out
+
+
+def check_video_input(args: argparse.Namespace) -> None:
+    if args.webcam:
+        return
+    if not os.path.exists(args.video_input):
+        raise DemoArgumentError(f"--video-input {args.video_input}: no such file")
+    kind = special_file_kind(args.video_input)
+    if kind is not None:
+        raise DemoArgumentError(f"--video-input {args.video_input} is a {kind}, not a video file")
+
+
+def run_on_video(predictor: Predictor, args: argparse.Namespace, out: str | None) -> list[dict]:
     import cv2
     import numpy as np
     import tqdm
@@ -204,9 +344,9 @@ def run_on_video(predictor: Predictor, args: argparse.Namespace) -> list[dict]:
                 args.scale,
             )  # fmt: skip
             summary.append({"frame": len(summary), "num_instances": count})
-            if args.output:
+            if out:
                 if writer is None:
-                    writer = _video_writer(args, fps, drawn.shape[1], drawn.shape[0])
+                    writer = _video_writer(out, fps, drawn.shape[1], drawn.shape[0])
                 writer.write(drawn[:, :, ::-1])
             else:
                 show("Mask2Former", drawn)
@@ -229,14 +369,9 @@ def _frames(cap: cv2.VideoCapture):
         yield frame
 
 
-def _video_writer(args: argparse.Namespace, fps: float, width: int, height: int) -> cv2.VideoWriter:
+def _video_writer(out: str, fps: float, width: int, height: int) -> cv2.VideoWriter:
     import cv2
 
-    out = args.output
-    if os.path.isdir(out) or not os.path.splitext(out)[1]:
-        os.makedirs(out, exist_ok=True)
-        name = "webcam" if args.webcam else os.path.splitext(os.path.basename(args.video_input))[0]
-        out = os.path.join(out, name + ".mp4")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height), True)
     if not writer.isOpened():
@@ -245,23 +380,46 @@ def _video_writer(args: argparse.Namespace, fps: float, width: int, height: int)
     return writer
 
 
+def log_summary(summary: list[dict]) -> None:
+    drawn = [s for s in summary if not s.get("skipped")]
+    skipped = [s for s in summary if s.get("skipped")]
+    logger.info("done: %d image(s) drawn, %d skipped", len(drawn), len(skipped))
+    for s in skipped:
+        logger.warning("  skipped %s: %s", s["input"], s["skipped"])
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Run the demo; returns one summary dict per image or frame (input, output, num_instances)."""
+    """Run the demo; returns one summary dict per image (input, output, num_instances, skipped:
+    None or why) or per video frame (frame, num_instances). Arguments are checked before the
+    model is loaded (DemoArgumentError)."""
     args = get_parser().parse_args(argv)
+    from mask2former.inference import Predictor
+
     if sum(bool(x) for x in (args.input, args.video_input, args.webcam)) != 1:
         raise SystemExit("demo.py: give exactly one of --input, --video-input, --webcam")
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
         )
-    from mask2former.inference import Predictor
-
     cfg = setup_cfg(args)
-    predictor = Predictor(cfg)
+    check_weights(cfg, args)
     if args.input:
-        return run_on_images(predictor, args)
-    return run_on_video(predictor, args)
+        skipped: list[dict] = []
+        paths = expand_inputs(args.input, skipped)
+        if not paths:
+            raise DemoArgumentError(f"--input {' '.join(args.input)}: no image file to draw (all skipped)")
+        outputs = plan_outputs(args.output, paths) if args.output else [None] * len(paths)
+        summary = skipped + run_on_images(Predictor(cfg), args, paths, outputs)
+        log_summary(summary)
+        return summary
+    check_video_input(args)
+    out = video_output_path(args)
+    return run_on_video(Predictor(cfg), args, out)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        results = main()
+    except DemoArgumentError as e:
+        raise SystemExit(f"demo.py: {e}") from None
+    sys.exit(1 if any(r.get("skipped") for r in results) else 0)

@@ -14,6 +14,10 @@ size and batch size. Post-processing stays in Python (`mask2former.inference.exp
 
 `--weights` is the trained model to export; the config's MODEL.WEIGHTS (a training initialisation)
 is not loaded. Without `--weights` the network has random weights (for trying the tool out).
+When the weights file carries its training set's metadata (checkpoints this project writes do),
+the model is built with its classes (which are things) and the metadata is written beside the
+exports as `metadata.json` (class names, colours, id maps; JSON turns int dict keys into strings);
+otherwise `metadata.json` holds the config's DATASETS.TRAIN[0] metadata.
 
 Check: eager, the saved-and-reloaded torch.export program and onnxruntime (CPUExecutionProvider) run
 on a random image and a structured one (flat regions, edges, a gradient). For each output the max
@@ -26,6 +30,7 @@ op registered: use `mask2former.inference.export.load_exported_program` (or `loa
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -33,7 +38,7 @@ import time
 
 import torch
 
-from mask2former.checkpoint import load_weights
+from mask2former.checkpoint import dataset_metadata, load_weights, read_checkpoint_metadata
 from mask2former.config import get_cfg
 from mask2former.inference.export import (
     MIN_ONNX_OPSET,
@@ -44,6 +49,7 @@ from mask2former.inference.export import (
     max_abs_differences,
     run_onnx,
 )
+from mask2former.inference.predictor import use_checkpoint_metadata
 from mask2former.modeling import build_model
 
 FORMATS = ("torch_export", "onnx")
@@ -110,14 +116,30 @@ def main(argv: list[str] | None = None) -> int:
     cfg.MODEL.DEVICE = "cpu"
     cfg.merge_from_list(args.opts)
     cfg.MODEL.COMPILE = False  # export traces the eager modules
+    if use_checkpoint_metadata(cfg, args.weights) is not None:
+        metadata = read_checkpoint_metadata(args.weights)
+    else:
+        metadata = dataset_metadata(cfg)
     model = build_model(cfg).eval()
     if args.weights:
         report = load_weights(model, args.weights)
         print(f"loaded {args.weights}: {report}")
+        for key, file_shape, model_shape in report.mismatched:
+            if key.endswith("class_embed.weight"):
+                raise SystemExit(
+                    f"{args.weights} predicts {file_shape[0] - 1} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is "
+                    f"{model_shape[0] - 1}: the exported class head would be random"
+                )
     else:
         print("no --weights: exporting random weights")
     wrapper = ExportableMaskFormer(model)
     os.makedirs(args.output, exist_ok=True)
+    if metadata is not None:
+        with open(os.path.join(args.output, "metadata.json"), "w") as f:
+            json.dump(metadata, f, indent=1)
+        print(
+            f"wrote {os.path.join(args.output, 'metadata.json')} (dataset {metadata.get('dataset_name')!r})"
+        )
     example = sample_images(args.batch_size, args.height, args.width, model.device)["random"]
 
     paths = {}

@@ -4,6 +4,8 @@ A checkpoint (`model_<iter>.pth`, `model_final.pth`) holds:
     "model": the model's state dict (original parameter names; DDP's `module.` removed),
     "optimizer", "scheduler", "scaler": their state dicts,
     "iteration": the last finished iteration,
+    "metadata": the training dataset's metadata as plain data (class names, colours, id maps;
+        see `checkpoint.metadata`), so the file describes its own classes,
     "per_rank": one entry per worker with its RNG states (python, numpy, torch CPU, CUDA) and
         its data loader's state (when the loader has `state_dict()`),
 all as tensors and plain Python types, so `torch.load(weights_only=True)` reads it and loading
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,7 +103,9 @@ class Checkpointer:
     """Saves and restores the whole training state (see the module docstring).
 
     `save` is a collective: every rank calls it (the RNG and data-loader states of all ranks
-    are gathered); rank 0 writes the file. `load` is called on every rank.
+    are gathered); rank 0 writes the file. `load` is called on every rank. `metadata` returns
+    the training dataset's metadata (plain data) to store in each file; it is called at save
+    time, when the dataset has been loaded.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class Checkpointer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         scaler: torch.amp.GradScaler | None = None,
         data_loader: object | None = None,
+        metadata: Callable[[], dict[str, Any] | None] | None = None,
     ):
         self.model = unwrap_model(model)
         self.save_dir = save_dir
@@ -119,6 +125,7 @@ class Checkpointer:
         self.scheduler = scheduler
         self.scaler = scaler
         self.data_loader = data_loader
+        self.metadata = metadata
 
     # ---- writing -----------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
@@ -147,6 +154,9 @@ class Checkpointer:
             obj = getattr(self, key)
             if obj is not None:
                 checkpoint[key] = obj.state_dict()
+        metadata = self.metadata() if self.metadata is not None else None
+        if metadata is not None:
+            checkpoint["metadata"] = metadata
         os.makedirs(self.save_dir, exist_ok=True)
         atomic_write(path, lambda f: torch.save(checkpoint, f))
         self.tag_last_checkpoint(os.path.basename(path))

@@ -137,6 +137,27 @@ def _match_names(state: dict[str, Tensor], model_keys: set[str]) -> dict[str, Te
     return out
 
 
+def _shape(shape: tuple) -> str:
+    return "x".join(str(n) for n in shape) or "scalar"
+
+
+def group_keys(keys: list[str], max_groups: int = 12) -> str:
+    """Tensor names grouped by module prefix on one line, as Detectron2 logs them:
+    `sem_seg_head.predictor.class_embed.{bias, weight}`; at most `max_groups` groups are
+    shown, then how many more there are."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        name = key.split(" ", 1)[0]
+        prefix, _, leaf = name.rpartition(".")
+        groups.setdefault(prefix, []).append(leaf + key[len(name) :])
+    parts = [
+        (f"{p}." if p else "") + (leaves[0] if len(leaves) == 1 else "{" + ", ".join(sorted(leaves)) + "}")
+        for p, leaves in groups.items()
+    ]
+    more = f" and {len(parts) - max_groups} more module(s)" if len(parts) > max_groups else ""
+    return "; ".join(parts[:max_groups]) + more
+
+
 def load_weights(model: nn.Module, weights: str | dict[str, Tensor]) -> LoadReport:
     """Load weights (a path/URL or a state dict with the original's names) into `model`.
 
@@ -159,25 +180,28 @@ def load_weights(model: nn.Module, weights: str | dict[str, Tensor]) -> LoadRepo
     report.missing = [k for k in target if k not in usable and k not in {m[0] for m in report.mismatched}]
     model.load_state_dict(usable, strict=False)
     if report.mismatched:
+        head = any(".class_embed." in k for k, _, _ in report.mismatched)
         logger.warning(
-            "%s: skipped %d tensor(s) whose shape differs from the model's:\n%s",
+            "%s: %d tensor(s) left at their initial values%s, their shape differs from the model's "
+            "(file -> model): %s",
             source,
             len(report.mismatched),
-            "\n".join(f"  {k}: file {a}, model {b}" for k, a, b in report.mismatched),
+            " (the class head is re-initialised)" if head else "",
+            group_keys([f"{k} {_shape(a)}->{_shape(b)}" for k, a, b in report.mismatched]),
         )
     if report.missing:
         logger.warning(
             "%s: %d model tensor(s) not in the file: %s",
             source,
             len(report.missing),
-            ", ".join(report.missing),
+            group_keys(report.missing),
         )
     if report.unexpected:
         logger.warning(
             "%s: %d file tensor(s) the model does not use: %s",
             source,
             len(report.unexpected),
-            ", ".join(report.unexpected),
+            group_keys(report.unexpected),
         )
     logger.info("loaded %d tensor(s) from %s", len(usable), source)
     return report
@@ -189,11 +213,13 @@ def write_state_dict(
     *,
     author: str = "mask2former",
     matching_heuristics: bool = False,
+    metadata: dict | None = None,
 ) -> None:
     """Write a state dict atomically (see `atomic_write`). A `.pkl` path gets the
     Detectron2 layout (`{"model": {name: numpy array}, "__author__", "matching_heuristics"}`,
     loadable by the original project); any other path gets `{"model": state_dict}` as a torch file.
-    `matching_heuristics` marks files whose names lack the `backbone.` prefix (pretrained backbones)."""
+    `matching_heuristics` marks files whose names lack the `backbone.` prefix (pretrained backbones).
+    `metadata` (plain data, see `checkpoint.metadata`) is stored under a top-level "metadata" key."""
     tensors = {k: torch.as_tensor(v).detach().cpu() for k, v in state.items()}
 
     def write(f: BinaryIO) -> None:
@@ -201,15 +227,19 @@ def write_state_dict(
             arrays = {
                 k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in tensors.items()
             }
-            pickle.dump(
-                {"model": arrays, "__author__": author, "matching_heuristics": matching_heuristics}, f
-            )
+            content = {"model": arrays, "__author__": author, "matching_heuristics": matching_heuristics}
+            if metadata is not None:
+                content["metadata"] = metadata
+            pickle.dump(content, f)
         else:
-            torch.save({"model": tensors}, f)
+            torch.save(
+                {"model": tensors} if metadata is None else {"model": tensors, "metadata": metadata}, f
+            )
 
     atomic_write(path, write)
 
 
-def save_weights(model: nn.Module, path: str) -> None:
-    """Write the model's weights with the original's key names (see `write_state_dict`)."""
-    write_state_dict(model.state_dict(), path)
+def save_weights(model: nn.Module, path: str, metadata: dict | None = None) -> None:
+    """Write the model's weights with the original's key names and, when given, the training
+    dataset's metadata (see `write_state_dict`)."""
+    write_state_dict(model.state_dict(), path, metadata=metadata)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mask2former.checkpoint import Checkpointer, unwrap_model
+from mask2former.checkpoint import Checkpointer, dataset_metadata, unwrap_model
 from mask2former.utils import dist as dist_utils
 from mask2former.utils.events import (
     CommonMetricPrinter,
@@ -144,6 +144,7 @@ class Trainer:
             scheduler=self.scheduler,
             scaler=self.scaler,
             data_loader=self.data_loader,
+            metadata=lambda: dataset_metadata(cfg),
         )
         self.start_iter = 0
         self.iter = 0

@@ -58,7 +58,9 @@ def panoptic_inference(
     A query is kept when its best class is not "no object" and scores above
     `object_mask_threshold`. Each pixel goes to the kept query with the highest score * mask
     probability, inside that query's mask (prob >= 0.5). A segment survives when it keeps at least
-    `overlap_threshold` of its own mask; all segments of one stuff class share one id."""
+    `overlap_threshold` of its own mask; all segments of one stuff class share one id.
+    Each segment's info carries its "score" (class probability; a stuff segment merged from several
+    queries has the highest of theirs)."""
     num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
     scores, labels = mask_cls.softmax(-1).max(-1)  # [Q]
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)  # [Q]
@@ -75,7 +77,9 @@ def panoptic_inference(
     own_area = foreground.flatten(1).sum(1)
     valid = keep & (won_area > 0) & (own_area > 0) & (final_area > 0)
     valid &= won_area.double() >= overlap_threshold * own_area.double()
-    valid_cpu, classes_cpu = torch.stack((valid.long(), labels)).cpu().tolist()  # the one host transfer
+    valid_cpu, classes_cpu, scores_cpu = (
+        torch.stack([valid.float(), labels.float(), scores.float()]).cpu().tolist()
+    )  # the one host transfer
     is_thing_cpu = is_thing.tolist()
     segment_of_query = [0] * num_queries
     segments_info: list[dict] = []
@@ -83,12 +87,15 @@ def panoptic_inference(
     for k in range(num_queries):
         if not valid_cpu[k]:
             continue
-        cls, thing = classes_cpu[k], bool(is_thing_cpu[classes_cpu[k]])
+        cls = int(classes_cpu[k])
+        thing = bool(is_thing_cpu[cls])
         if not thing and cls in stuff_ids:
             segment_of_query[k] = stuff_ids[cls]
+            merged = segments_info[stuff_ids[cls] - 1]
+            merged["score"] = max(merged["score"], scores_cpu[k])
             continue
         segment_id = len(segments_info) + 1
-        segments_info.append({"id": segment_id, "isthing": thing, "category_id": cls})
+        segments_info.append({"id": segment_id, "isthing": thing, "category_id": cls, "score": scores_cpu[k]})
         if not thing:
             stuff_ids[cls] = segment_id
         segment_of_query[k] = segment_id

@@ -10,7 +10,15 @@
 Each result dict holds what the config switches on (MODEL.MASK_FORMER.TEST.*_ON), at the
 original image's resolution: "sem_seg" float [K, H, W], "panoptic_seg" (int32 [H, W] ids,
 segments_info), "instances" (Instances with pred_masks bool [N, H, W], pred_boxes, scores,
-pred_classes). Images are resized as in evaluation (shortest edge INPUT.MIN_SIZE_TEST, longest
+pred_classes); panoptic segments_info entries carry their "score". Keep what is sure enough with
+
+    inst = result["instances"]; inst = inst[inst.scores >= 0.7]
+    pan, segments = result["panoptic_seg"]; segments = [s for s in segments if s["score"] >= 0.7]
+
+Class names (`predictor.metadata`) come from the weights file when it carries the training
+dataset's metadata (every checkpoint this project writes does), else from the config's dataset.
+
+Images are resized as in evaluation (shortest edge INPUT.MIN_SIZE_TEST, longest
 at most INPUT.MAX_SIZE_TEST); a list is run in batches of `batch_size` images per forward pass.
 """
 
@@ -24,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_weights
-from ..data.catalog import MetadataCatalog
+from ..checkpoint import LoadReport, load_weights, metadata_num_classes, read_checkpoint_metadata
+from ..data.catalog import Metadata, MetadataCatalog
 from ..data.detection_utils import read_image, shortest_edge_size
 from ..modeling import build_model
 
@@ -33,7 +41,34 @@ logger = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | str | os.PathLike
 
-__all__ = ["ImageInput", "Predictor"]
+__all__ = ["ImageInput", "Predictor", "use_checkpoint_metadata"]
+
+
+def use_checkpoint_metadata(cfg, weights: str) -> Metadata | None:
+    """When the weights file carries its training set's metadata: register it as
+    "<dataset> (<file name>)", make that the (unfrozen) `cfg`'s DATASETS.TRAIN and TEST, so the
+    model is built with the file's thing classes, and return it. None when the file has none
+    (published checkpoints: the config's dataset is used). Raises ValueError, naming both numbers,
+    when MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the number of classes the file was trained on."""
+    meta = read_checkpoint_metadata(weights) if weights else None
+    if meta is None:
+        return None
+    fields = {k: v for k, v in meta.items() if k not in ("dataset_name", "num_classes")}
+    named = metadata_num_classes(fields)
+    configured = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    if named is not None and named != configured:
+        raise ValueError(
+            f"{weights} was trained on {named} classes (dataset {meta.get('dataset_name')!r}: its metadata) "
+            f"but MODEL.SEM_SEG_HEAD.NUM_CLASSES is {configured}; set MODEL.SEM_SEG_HEAD.NUM_CLASSES {named}"
+        )
+    name = f"{meta.get('dataset_name', 'unnamed')} ({os.path.basename(weights)})"
+    MetadataCatalog.pop(name, None)
+    metadata = MetadataCatalog.get(name).set(**fields)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATASETS.TEST = (name,)
+    logger.info("class names from the metadata in %s (dataset %r, %s classes)", weights,
+                meta.get("dataset_name"), named)  # fmt: skip
+    return metadata
 
 
 class Predictor:
@@ -42,7 +77,8 @@ class Predictor:
     Attributes:
         cfg: a frozen copy of the config.
         model: the model, in eval mode, on MODEL.DEVICE.
-        metadata: Metadata of DATASETS.TEST[0] (else DATASETS.TRAIN[0]): class names and colours.
+        metadata: class names and colours: the weights file's own metadata when it has some,
+            else the Metadata of DATASETS.TEST[0] (else DATASETS.TRAIN[0]).
         batch_size: images per forward pass when called on a list.
     """
 
@@ -50,14 +86,18 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"Predictor batch_size must be at least 1, got {batch_size}")
         self.cfg = cfg.clone()
+        self.cfg.defrost()
+        from_weights = use_checkpoint_metadata(self.cfg, self.cfg.MODEL.WEIGHTS)
         self.cfg.freeze()
         self.batch_size = batch_size
+        self.metadata = from_weights or self._metadata_from_config()
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
-            load_weights(self.model, self.cfg.MODEL.WEIGHTS)
-        names = list(self.cfg.DATASETS.TEST) or list(self.cfg.DATASETS.TRAIN)
-        self.metadata = MetadataCatalog.get(names[0] if names else "__unnamed_predictor_dataset")
+            report = load_weights(self.model, self.cfg.MODEL.WEIGHTS)
+            self._check_class_head(report)
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: the predictor runs a model with random weights")
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
@@ -113,3 +153,24 @@ class Predictor:
         if self.input_format == "BGR":
             image = image.flip(0)
         return {"image": image.contiguous(), "height": h, "width": w}
+
+    def _metadata_from_config(self) -> Metadata:
+        names = list(self.cfg.DATASETS.TEST) or list(self.cfg.DATASETS.TRAIN)
+        metadata = MetadataCatalog.get(names[0] if names else "__unnamed_predictor_dataset")
+        named = metadata_num_classes(metadata)
+        configured = int(self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        if named is not None and named != configured:
+            raise ValueError(
+                f"dataset {metadata.name!r} names {named} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is "
+                f"{configured}: its class names would be drawn on the wrong classes"
+            )
+        return metadata
+
+    def _check_class_head(self, report: LoadReport) -> None:
+        """Inference with a class head left at random values is refused."""
+        for key, file_shape, model_shape in report.mismatched:
+            if key.endswith("class_embed.weight"):
+                raise ValueError(
+                    f"{self.cfg.MODEL.WEIGHTS} predicts {file_shape[0] - 1} classes but "
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {model_shape[0] - 1}; set it to {file_shape[0] - 1}"
+                )

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 
 import onnx
 import pytest
 import torch
 
-from mask2former.checkpoint import save_weights
+from mask2former.checkpoint import dataset_metadata, save_weights
 from mask2former.config import get_cfg
 from mask2former.inference.export import (
     ExportableMaskFormer,
@@ -62,7 +63,9 @@ def exported(tmp_path_factory):
     model = build_model(cfg).eval()
     out = tmp_path_factory.mktemp("export")
     weights = str(out / "weights.pth")
-    save_weights(model, weights)
+    metadata = dict(dataset_metadata(cfg), dataset_name="export_test_custom")
+    metadata["stuff_classes"] = metadata["thing_classes"] = [f"part {i}" for i in range(8)]
+    save_weights(model, weights, metadata=metadata)
     argv = [
         "--config-file",
         str(CONFIG),
@@ -75,6 +78,14 @@ def exported(tmp_path_factory):
     ]
     assert export_tool.main([*argv, "--output", str(out)]) == 0
     return model, ExportableMaskFormer(model), out
+
+
+def test_metadata_of_the_weights_is_written_beside_the_exports(exported):
+    with open(exported[2] / "metadata.json") as f:
+        metadata = json.load(f)
+    assert metadata["dataset_name"] == "export_test_custom"
+    assert metadata["stuff_classes"] == [f"part {i}" for i in range(8)]
+    assert metadata["thing_dataset_id_to_contiguous_id"] == {"1": 0, "2": 1, "3": 2, "4": 3}
 
 
 def _samples() -> dict[str, torch.Tensor]:
@@ -133,7 +144,8 @@ def test_postprocessed_exported_outputs_match_eager_panoptic(exported, monkeypat
         got_ids, got_segments = result["panoptic_seg"]
         assert got_ids.shape == (60, 90)
         torch.testing.assert_close(got_ids, ids, rtol=0, atol=0)
-        assert got_segments == segments
+        assert [{**s, "score": 0} for s in got_segments] == [{**s, "score": 0} for s in segments]
+        assert [s["score"] for s in got_segments] == pytest.approx([s["score"] for s in segments], abs=1e-4)
         torch.testing.assert_close(result["sem_seg"], eager["sem_seg"], rtol=0, atol=1e-4)
 
 

@@ -80,10 +80,15 @@ def test_panoptic_inference_matches_a_per_query_loop():
                 if won.sum() == 0 or own.sum() == 0 or final.sum() == 0 or won.sum() < 0.5 * own.sum():
                     continue
                 cls = int(labels[q])
+                score = float(scores[q])
                 if not is_thing[cls] and cls in stuff:
                     expected[final] = stuff[cls]
+                    merged = infos[stuff[cls] - 1]
+                    merged["score"] = max(merged["score"], score)
                     continue
-                infos.append({"id": len(infos) + 1, "isthing": bool(is_thing[cls]), "category_id": cls})
+                infos.append(
+                    {"id": len(infos) + 1, "isthing": bool(is_thing[cls]), "category_id": cls, "score": score}
+                )
                 if not is_thing[cls]:
                     stuff[cls] = len(infos)
                 expected[final] = len(infos)
