@@ -36,7 +36,12 @@ def test_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         ck.save("model_0000002", iteration=2)
     monkeypatch.undo()
 
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]  # no partial or temp file
+    # no partial or temp file
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+        "model_0000001.pth.sha256",
+    ]
     assert ck.get_checkpoint_file() == str(tmp_path / "model_0000001.pth")
     assert (tmp_path / "model_0000001.pth").read_bytes() == good
     restored = _checkpointer(tmp_path)
@@ -117,4 +122,8 @@ def test_temp_file_of_a_killed_writer_is_cleaned_up(tmp_path):
     (tmp_path / ".model_0000002.pth.tmp.99999").write_bytes(b"half a checkpoint")
     ck = _checkpointer(tmp_path)
     ck.save("model_0000002", iteration=2)
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000002.pth"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000002.pth",
+        "model_0000002.pth.sha256",
+    ]
