@@ -170,15 +170,15 @@ def load_weights(
 def _check_loadable(
     usable: dict[str, Tensor], target: dict[str, Tensor], source: str, allow_partial: bool
 ) -> None:
-    """Refuse non-finite weights, and (unless `allow_partial`) weights covering less than half of
-    the model's values: evaluating or serving such a model gives meaningless output."""
+    """Refuse non-finite weights, and (unless `allow_partial`) weights setting less than half of
+    the model's tensors or values: evaluating or serving such a model gives meaningless output."""
     bad = find_nonfinite(usable)
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise CheckpointError(f"{source}: non-finite values (NaN or inf) in {shown}; refusing to load them")
     total = sum(t.numel() for t in target.values())
     loaded = sum(t.numel() for t in usable.values())
-    if not allow_partial and loaded < total / 2:
+    if not allow_partial and (loaded < total / 2 or len(usable) < len(target) / 2):
         raise CheckpointError(
             f"{source} sets only {len(usable)} of the model's {len(target)} tensors ({loaded} of {total} values, "
             f"{loaded / max(total, 1):.0%}): most of the model would keep its random initialisation. Check that "
