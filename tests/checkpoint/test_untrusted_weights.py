@@ -25,7 +25,8 @@ def _nested_key_pickle(depth: int = DEPTH) -> bytes:
     """{"model": {((((),),),...): 1}}: a tuple key nested `depth` deep (hashing it recurses in C)."""
     return (
         b"\x80\x02}X\x05\x00\x00\x00model}"  # {"model": {
-        + b")" + b"\x85" * depth  # ((((),),),...)
+        + b")"
+        + b"\x85" * depth  # ((((),),),...)
         + b"K\x01ss."  # : 1}}
     )
 
@@ -75,7 +76,9 @@ def _reconstruct_pickle(shape: int) -> bytes:
     return (
         b"\x80\x02}X\x05\x00\x00\x00model}X\x01\x00\x00\x00w"
         b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
-        + b"\x8a\x08" + struct.pack("<q", shape) + b"\x85X\x01\x00\x00\x00b\x87R"
+        + b"\x8a\x08"
+        + struct.pack("<q", shape)
+        + b"\x85X\x01\x00\x00\x00b\x87R"
         + b"ss."
     )
 
