@@ -203,7 +203,8 @@ class _Allocations:
 
     @staticmethod
     def dtype(*args):
-        return np.dtype(*args)
+        # refused here, not only after loading: an object array's state may claim a huge shape
+        return _numeric_dtype(np.dtype(*args))
 
     @staticmethod
     def encode(text, encoding="utf-8", errors="strict"):

@@ -178,3 +178,26 @@ def test_weights_leaving_most_of_the_model_unloaded_are_refused(model, caplog):
     report = load_weights(model, third, allow_partial=True)  # fine-tuning
     assert sorted(report.missing) == sorted(set(state) - set(third))
     assert "not in the file" in caplog.text
+
+
+def test_predictor_refuses_weights_of_another_model(model, tmp_path):
+    """The demo's path: MODEL.WEIGHTS that match none of the model's names is an error, not PQ 0."""
+    from mask2former.checkpoint import write_state_dict
+    from mask2former.inference import Predictor
+
+    path = tmp_path / "other.pth"
+    write_state_dict({f"other.{k}": v for k, v in model.state_dict().items()}, str(path))
+    cfg = tiny_cfg()
+    cfg.MODEL.WEIGHTS = str(path)
+    with pytest.raises(CheckpointError, match="other.pth sets only 0"):
+        Predictor(cfg)
+
+
+def test_object_array_claiming_a_huge_shape_is_refused_before_allocating(tmp_path):
+    """An object array's state with shape (2**33,): numpy would allocate (and fill) 64 GiB."""
+    data = pickle.dumps({"model": {"w": np.array([1, None], dtype=object)}}, protocol=2)
+    assert data.count(b"K\x02\x85") == 1  # the shape (2,)
+    path = tmp_path / "huge_object.pkl"
+    path.write_bytes(data.replace(b"K\x02\x85", b"\x8a\x05\x00\x00\x00\x00\x02\x85"))
+    with pytest.raises(CheckpointError, match="huge_object.pkl.*dtype object"):
+        load_state_dict_file(str(path))
