@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import pickletools
+import struct
 import zipfile
 from collections.abc import Iterable
 
@@ -129,6 +130,47 @@ def _replay_op(op, arg, stack: list[_Node], marks: list[int], memo: dict, limit:
             stack.append(node)
 
 
+# Opcodes whose argument is a length-prefixed string: skipped, not decoded (array data is here).
+_LENGTH_PREFIXED = {
+    "BINUNICODE": "<I",
+    "BINUNICODE8": "<Q",
+    "BINBYTES": "<I",
+    "BINBYTES8": "<Q",
+    "BYTEARRAY8": "<Q",
+    "BINSTRING": "<i",
+}
+
+
+def _opcodes(data: bytes):
+    """(opcode, argument) pairs of a pickle, like `pickletools.genops`, but the payload of
+    length-prefixed strings is skipped (its argument is None): decoding the array data of a
+    protocol-2 file would double the cost of reading it."""
+    stream = io.BytesIO(data)
+    while True:
+        code = stream.read(1)
+        if not code:
+            raise ValueError("pickle exhausted before seeing STOP")
+        op = pickletools.code2op.get(code.decode("latin-1"))
+        if op is None:
+            raise ValueError(f"unknown opcode {code!r} at byte {stream.tell() - 1}")
+        fmt = _LENGTH_PREFIXED.get(op.name)
+        if fmt is None:
+            arg = op.arg.reader(stream) if op.arg is not None else None
+        else:
+            size = struct.calcsize(fmt)
+            header = stream.read(size)
+            length = struct.unpack(fmt, header)[0] if len(header) == size else -1
+            if length < 0 or stream.tell() + length > len(data):
+                raise ValueError(
+                    f"{op.name} at byte {stream.tell() - size - 1} runs past the end of the data"
+                )
+            stream.seek(length, io.SEEK_CUR)
+            arg = None
+        yield op, arg
+        if op.name == "STOP":
+            return
+
+
 def check_pickle_nesting(data: bytes, source: str, limit: int = MAX_NESTING) -> None:
     """Refuse (CheckpointError naming `source`) a pickle whose containers nest deeper than `limit`
     or hold a cycle; malformed opcodes are refused too. Builds no object."""
@@ -136,7 +178,7 @@ def check_pickle_nesting(data: bytes, source: str, limit: int = MAX_NESTING) -> 
     marks: list[int] = []
     memo: dict = {}
     try:
-        for op, arg, _pos in pickletools.genops(data):
+        for op, arg in _opcodes(data):
             if op.name == "STOP":
                 break
             _replay_op(op, arg, stack, marks, memo, limit)
@@ -145,24 +187,28 @@ def check_pickle_nesting(data: bytes, source: str, limit: int = MAX_NESTING) -> 
             f"refused to load {source}: its containers nest deeper than {limit} levels (or hold a cycle); "
             "weights files hold a dict of arrays"
         ) from None
-    except (ValueError, KeyError, IndexError) as e:
+    except (ValueError, KeyError, IndexError, struct.error) as e:
         raise CheckpointError(f"cannot read {source} as a weights pickle: malformed pickle ({e})") from None
 
 
 # --------------------------------------------------------------------------------------------
 # Detectron2 .pkl files: numpy arrays only, within the allocation budget
 # --------------------------------------------------------------------------------------------
+class _RefusedError(pickle.UnpicklingError):
+    """The pickle asks for something a weights file may not hold (as opposed to being malformed)."""
+
+
 class _NDArrayType:
     """Stands for `numpy.ndarray` in a pickle: `_reconstruct` accepts it, building one is refused."""
 
     def __new__(cls, *args, **kwargs):
-        raise pickle.UnpicklingError("numpy.ndarray may not be called directly in a weights file")
+        raise _RefusedError("numpy.ndarray may not be called directly in a weights file")
 
 
 def _numeric_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.kind not in _NUMERIC_KINDS or dt.fields is not None or dt.subdtype is not None:
-        raise pickle.UnpicklingError(f"arrays of dtype {dt} are not allowed (numeric arrays only)")
+        raise _RefusedError(f"arrays of dtype {dt} are not allowed (numeric arrays only)")
     return dt
 
 
@@ -175,7 +221,7 @@ class _Allocations:
 
     def _spend(self, nbytes: int) -> None:
         if nbytes > self.remaining:
-            raise pickle.UnpicklingError(
+            raise _RefusedError(
                 f"it asks for more than {self.budget} bytes of arrays (twice the file size plus 1 MiB, "
                 f"capped by ${MAX_BYTES_ENV})"
             )
@@ -183,10 +229,10 @@ class _Allocations:
 
     def reconstruct(self, subtype, shape, dtype):
         if subtype is not _NDArrayType:
-            raise pickle.UnpicklingError("_reconstruct may only build numpy arrays")
+            raise _RefusedError("_reconstruct may only build numpy arrays")
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
         if not all(isinstance(d, int) and d >= 0 for d in dims):
-            raise pickle.UnpicklingError(f"bad array shape {shape!r}")
+            raise _RefusedError(f"bad array shape {shape!r}")
         dt = _numeric_dtype(dtype)
         self._spend(math.prod(dims) * dt.itemsize)
         return np.ndarray.__new__(np.ndarray, dims, dt)
@@ -209,7 +255,7 @@ class _Allocations:
     @staticmethod
     def encode(text, encoding="utf-8", errors="strict"):
         if encoding not in ("latin1", "latin-1"):
-            raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+            raise _RefusedError(f"_codecs.encode with {encoding!r} is not allowed")
         return text.encode("latin1", errors)
 
 
@@ -234,7 +280,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         }
         if (module, name) in allowed:
             return allowed[(module, name)]
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a weights file")
+        raise _RefusedError(f"global '{module}.{name}' is not allowed in a weights file")
 
 
 def read_weights_pickle(path: str, max_bytes: int | None = None) -> object:
@@ -245,11 +291,19 @@ def read_weights_pickle(path: str, max_bytes: int | None = None) -> object:
     allocations = _Allocations(allocation_budget(len(data), max_bytes))
     try:
         return _ArrayUnpickler(io.BytesIO(data), allocations).load()
-    except pickle.UnpicklingError as e:
+    except _RefusedError as e:
         raise CheckpointError(
             f"refused to load {path}: {e}; weights files may hold numeric arrays only, never code"
         ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, ImportError, MemoryError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        MemoryError,
+    ) as e:
         raise CheckpointError(f"cannot read {path} as a weights pickle: {type(e).__name__}: {e}") from None
 
 
