@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.integrity import record_sha256, recorded_sha256, sha256_path
+from ..checkpoint.integrity import record_sha256, recorded_sha256, sha256_path, verify_sha256
 from ..layers.ms_deform_attn import compiled_op_available, deform_attn_implementation, load_extension
 from ..modeling.meta_arch import MaskFormer
 from ..structures import ImageList
@@ -230,13 +230,16 @@ def export_onnx(
     if written != opset:
         raise RuntimeError(f"asked for ONNX opset {opset}, but the exporter wrote opset {written}")
     program.save(path)
+    record_sha256(path)
 
 
 def run_onnx(path: str, images: Tensor) -> tuple[Tensor, Tensor]:
     """Run an exported ONNX model with onnxruntime's CPU provider: images [B, 3, H, W] ->
-    (pred_logits [B, Q, K+1], pred_masks [B, Q, Hp/4, Wp/4]) as CPU tensors."""
+    (pred_logits [B, Q, K+1], pred_masks [B, Q, Hp/4, Wp/4]) as CPU tensors. The file is checked
+    against its recorded SHA-256 (`<path>.sha256`, written by `export_onnx`) first."""
     import onnxruntime
 
+    verify_sha256(path)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: images.detach().cpu().float().numpy()}
     logits, masks = session.run(list(OUTPUT_NAMES), feed)
