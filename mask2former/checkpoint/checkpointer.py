@@ -12,9 +12,14 @@ all as tensors and plain Python types, so `torch.load(weights_only=True)` reads 
 never runs code from the file.
 
 Writing is atomic: the file is written to a temporary name in the same folder, flushed and
-fsync'ed, then `os.replace`d into place; only then is the `last_checkpoint` pointer file
-replaced (atomically too) to name it. A crash at any moment leaves the previous checkpoint and
-a pointer that names a complete file. A model with NaN/inf weights is never written.
+fsync'ed, then `os.replace`d into place; its SHA-256 is recorded beside it
+(`<name>.pth.sha256`); only then is the `last_checkpoint` pointer file replaced (atomically too)
+to name it. A crash at any moment leaves the previous checkpoint and a pointer that names a
+complete file. A model with NaN/inf weights is never written.
+
+Reading checks the recorded SHA-256 (one flipped bit is found) and reads within the limits of
+`safe_load`. `load_newest_intact` resumes from the newest checkpoint that passes, saying which
+newer ones it skipped and why (corrupt, truncated, unreadable).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -32,10 +38,14 @@ from torch import nn
 from mask2former.utils import dist as dist_utils
 
 from .atomic import atomic_write
+from .errors import CheckpointError
+from .integrity import record_sha256, verify_sha256
+from .safe_load import read_torch_file
 
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"
+_CHECKPOINT_NAME = re.compile(r"model_(\d+|final)\.pth$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,6 +169,7 @@ class Checkpointer:
             checkpoint["metadata"] = metadata
         os.makedirs(self.save_dir, exist_ok=True)
         atomic_write(path, lambda f: torch.save(checkpoint, f))
+        record_sha256(path)
         self.tag_last_checkpoint(os.path.basename(path))
         logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
         return path
@@ -182,15 +193,64 @@ class Checkpointer:
             raise FileNotFoundError(f"{pointer} names {name!r}, which does not exist in {self.save_dir}")
         return path
 
-    def load(self, path: str) -> int:
-        """Restore model, optimizer, scheduler, scaler, this rank's RNG and data-loader states
-        from a checkpoint written by `save`. Returns the checkpoint's iteration."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    def read(self, path: str) -> dict[str, Any]:
+        """Read a checkpoint written by `save`, checking its recorded SHA-256. Raises
+        CheckpointError for a corrupt, truncated or unreadable file, KeyError for a file that
+        is not a training checkpoint."""
+        if not verify_sha256(path):
+            logger.warning("%s has no recorded SHA-256: it cannot be checked for corruption", path)
+        checkpoint = read_torch_file(path)
+        if not isinstance(checkpoint, dict):
+            raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a training checkpoint")
         missing = [k for k in ("model", "iteration", "per_rank") if k not in checkpoint]
         if missing:
             raise KeyError(
                 f"{path} is not a training checkpoint (no {', '.join(missing)}); use MODEL.WEIGHTS for weights"
             )
+        return checkpoint
+
+    def candidates(self) -> list[str]:
+        """Checkpoints in save_dir, newest first: the one `last_checkpoint` names, then
+        `model_final.pth` and `model_<iter>.pth` by iteration."""
+        found = [name for name in os.listdir(self.save_dir) if _CHECKPOINT_NAME.match(name)]
+        found.sort(key=lambda n: float("inf") if n == "model_final.pth" else int(n[6:-4]), reverse=True)
+        paths = [os.path.join(self.save_dir, name) for name in found]
+        try:
+            pointed = self.get_checkpoint_file() if self.has_checkpoint() else None
+        except FileNotFoundError as e:
+            logger.warning("%s; looking at the other checkpoints", e)
+            pointed = None
+        if pointed is not None:
+            paths = [pointed] + [p for p in paths if os.path.abspath(p) != os.path.abspath(pointed)]
+        return paths
+
+    def load_newest_intact(self) -> tuple[str, int]:
+        """Resume from the newest checkpoint that reads intact (see `candidates`), logging each
+        newer one skipped and why. Returns (its path, its iteration); raises CheckpointError
+        when none is intact."""
+        skipped = []
+        for path in self.candidates():
+            try:
+                checkpoint = self.read(path)
+            except CheckpointError as e:
+                logger.warning("Skipping checkpoint %s: %s", path, e)
+                skipped.append(f"{os.path.basename(path)}: {e}")
+                continue
+            if skipped:
+                logger.warning(
+                    "Resuming from %s, the newest intact checkpoint (skipped %d)", path, len(skipped)
+                )
+            return path, self.load(path, checkpoint)
+        raise CheckpointError(
+            f"no intact checkpoint to resume from in {self.save_dir}:\n" + "\n".join(skipped)
+        )
+
+    def load(self, path: str, checkpoint: dict[str, Any] | None = None) -> int:
+        """Restore model, optimizer, scheduler, scaler, this rank's RNG and data-loader states
+        from a checkpoint written by `save` (`checkpoint`: its contents, when already read).
+        Returns the checkpoint's iteration."""
+        if checkpoint is None:
+            checkpoint = self.read(path)
         incompatible = self.model.load_state_dict(checkpoint["model"], strict=False)
         if incompatible.missing_keys or incompatible.unexpected_keys:
             raise RuntimeError(

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .weights import CheckpointError, _read_pickle, _read_torch
+from .errors import CheckpointError
+from .integrity import verify_sha256
+from .safe_load import read_torch_file, read_weights_pickle
 
 METADATA_KEY = "metadata"
 METADATA_FIELDS = (
@@ -110,7 +112,8 @@ def read_checkpoint_metadata(path: str) -> dict[str, Any] | None:
         path = resolve_weights(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path}")
-    obj = _read_pickle(path) if path.endswith(".pkl") else _read_torch(path)
+    verify_sha256(path)
+    obj = read_weights_pickle(path, None) if path.endswith(".pkl") else read_torch_file(path)
     if not isinstance(obj, dict) or obj.get(METADATA_KEY) is None:
         return None
     meta = _check(obj[METADATA_KEY], path)

@@ -2,13 +2,12 @@
 
 Formats read: a Detectron2-style `.pkl` (`{"model": {name: numpy array}, ...}`), a `.pth`/`.pt`
 holding a state dict or `{"model": state_dict}`, or a state dict in memory. Nothing in a file is
-ever executed: `.pkl` files go through an unpickler that only rebuilds numpy arrays and plain
-containers, and torch files are read with `weights_only=True`.
+ever executed, and a hostile file cannot crash the process or exhaust memory (see `safe_load`).
+Written files get a SHA-256 beside them (`<file>.sha256`, see `integrity`), checked when read.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
@@ -20,72 +19,48 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import atomic_write
+from .checkpointer import find_nonfinite
+from .errors import CheckpointError
+from .integrity import record_sha256, remove_with_sha256, sha256_path, verify_sha256
+from .safe_load import (
+    allocation_budget,
+    check_numeric,
+    check_tensor_budget,
+    read_torch_file,
+    read_weights_pickle,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
-    """A weights file that cannot be read safely; the message names the file."""
-
-
-# (module, name) pairs a Detectron2 weights pickle may reference: numpy arrays and containers.
-_PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # bytes in protocol-2 pickles
-    ("numpy.core.numeric", "_frombuffer"),  # arrays in protocol-5 pickles
-    ("numpy._core.numeric", "_frombuffer"),
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _PICKLE_ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a weights file")
-
-
-def _read_pickle(path: str) -> object:
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refused to load {path}: {e}; weights files may hold arrays only, never code"
-        ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
-        raise CheckpointError(f"cannot read {path} as a weights pickle: {e}") from None
-
-
-def _read_torch(path: str) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refused to load {path}: it holds objects beyond tensors and plain containers ({e}); "
-            "weights files are loaded with weights_only=True and never run code"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
-
-
-def load_state_dict_file(path: str) -> dict[str, Tensor]:
+def load_state_dict_file(path: str, *, max_bytes: int | None = None) -> dict[str, Tensor]:
     """Read a weights file (local path, http(s) URL or `detectron2://...`) into a state dict of
-    tensors with the file's own key names."""
-    if "://" in path:
-        from ..utils.weights_download import resolve_weights
+    tensors with the file's own key names, within the limits of `safe_load` (`max_bytes` caps the
+    arrays' total size). A file with a recorded SHA-256 (`<file>.sha256`) is checked against it; a
+    cached download that cannot be read is deleted, so the next run downloads it again."""
+    if "://" not in path:
+        return _read_state_dict(path, max_bytes)
+    from ..utils.weights_download import resolve_weights
 
-        path = resolve_weights(path)
+    local = resolve_weights(path)
+    try:
+        return _read_state_dict(local, max_bytes)
+    except CheckpointError as e:
+        remove_with_sha256(local)
+        raise CheckpointError(
+            f"{e}. The cached download {local} was deleted; the next run downloads {path} again"
+        ) from None
+
+
+def _read_state_dict(path: str, max_bytes: int | None) -> dict[str, Tensor]:
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path}")
-    obj = _read_pickle(path) if path.endswith(".pkl") else _read_torch(path)
-    return _to_state_dict(obj, path)
+    if not verify_sha256(path):
+        logger.info("%s has no recorded SHA-256 (%s): its bytes are not verified", path, sha256_path(path))
+    obj = read_weights_pickle(path, max_bytes) if path.endswith(".pkl") else read_torch_file(path)
+    state = _to_state_dict(obj, path)
+    check_tensor_budget(state, path, allocation_budget(os.path.getsize(path), max_bytes))
+    return state
 
 
 def _to_state_dict(obj: object, source: str) -> dict[str, Tensor]:
@@ -97,11 +72,14 @@ def _to_state_dict(obj: object, source: str) -> dict[str, Tensor]:
         raise CheckpointError(f"{source}: expected a state dict (name -> tensor), got {type(obj).__name__}")
     out = {}
     for k, v in obj.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"{source}: a state-dict key is a {type(k).__name__}, not a parameter name")
         if isinstance(v, np.ndarray):
+            check_numeric(k, v, source)
             v = torch.from_numpy(np.ascontiguousarray(v))
         if not isinstance(v, Tensor):
             raise CheckpointError(f"{source}: entry {k!r} is a {type(v).__name__}, not an array or tensor")
-        out[str(k)] = v
+        out[k] = v
     return out
 
 
@@ -158,12 +136,17 @@ def group_keys(keys: list[str], max_groups: int = 12) -> str:
     return "; ".join(parts[:max_groups]) + more
 
 
-def load_weights(model: nn.Module, weights: str | dict[str, Tensor]) -> LoadReport:
+def load_weights(
+    model: nn.Module, weights: str | dict[str, Tensor], *, allow_partial: bool = False
+) -> LoadReport:
     """Load weights (a path/URL or a state dict with the original's names) into `model`.
 
     Missing and unexpected keys are reported; tensors whose shape differs from the model's (for
     example the class head when fine-tuning with another NUM_CLASSES) are skipped with a warning
-    that lists them. Returns a LoadReport."""
+    that lists them. Weights holding NaN/inf are refused (CheckpointError), and so are weights
+    that leave most of the model unloaded, unless `allow_partial` (fine-tuning from a pretrained
+    backbone), where the warnings list what was left. Nothing is loaded when an error is raised.
+    Returns a LoadReport."""
     source = weights if isinstance(weights, str) else "<state dict>"
     state = load_state_dict_file(weights) if isinstance(weights, str) else _to_state_dict(weights, source)
     target = model.state_dict()
@@ -178,6 +161,7 @@ def load_weights(model: nn.Module, weights: str | dict[str, Tensor]) -> LoadRepo
         else:
             usable[k] = v.to(target[k].dtype)
     report.missing = [k for k in target if k not in usable and k not in {m[0] for m in report.mismatched}]
+    _check_loadable(usable, target, source, allow_partial)
     model.load_state_dict(usable, strict=False)
     if report.mismatched:
         head = any(".class_embed." in k for k, _, _ in report.mismatched)
@@ -205,6 +189,26 @@ def load_weights(model: nn.Module, weights: str | dict[str, Tensor]) -> LoadRepo
         )
     logger.info("loaded %d tensor(s) from %s", len(usable), source)
     return report
+
+
+def _check_loadable(
+    usable: dict[str, Tensor], target: dict[str, Tensor], source: str, allow_partial: bool
+) -> None:
+    """Refuse non-finite weights, and (unless `allow_partial`) weights setting less than half of
+    the model's tensors or values: evaluating or serving such a model gives meaningless output."""
+    bad = find_nonfinite(usable)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{source}: non-finite values (NaN or inf) in {shown}; refusing to load them")
+    total = sum(t.numel() for t in target.values())
+    loaded = sum(t.numel() for t in usable.values())
+    if not allow_partial and (loaded < total / 2 or len(usable) < len(target) / 2):
+        raise CheckpointError(
+            f"{source} sets only {len(usable)} of the model's {len(target)} tensors ({loaded} of {total} values, "
+            f"{loaded / max(total, 1):.0%}): most of the model would keep its random initialisation. Check that "
+            "the file is the model's weights (not a backbone or another architecture); to fine-tune from "
+            "partial weights call load_weights(..., allow_partial=True)"
+        )
 
 
 def write_state_dict(
@@ -237,6 +241,7 @@ def write_state_dict(
             )
 
     atomic_write(path, write)
+    record_sha256(path)
 
 
 def save_weights(model: nn.Module, path: str, metadata: dict | None = None) -> None:

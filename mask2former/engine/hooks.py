@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from mask2former.checkpoint import Checkpointer, get_rng_states, set_rng_states
+from mask2former.checkpoint.integrity import remove_with_sha256
 from mask2former.utils import dist as dist_utils
 from mask2former.utils.events import EventWriter
 
@@ -88,7 +89,7 @@ class PeriodicCheckpointer(HookBase):
         folder = self.checkpointer.save_dir
         periodic = sorted(f for f in os.listdir(folder) if _PERIODIC_NAME.match(f))
         for name in periodic[: -self.max_to_keep]:
-            os.remove(os.path.join(folder, name))
+            remove_with_sha256(os.path.join(folder, name))
 
 
 def _flatten_results(results: Mapping, prefix: str = "") -> dict[str, float]:

@@ -162,15 +162,21 @@ class Trainer:
         state and continue after its iteration. Otherwise load MODEL.WEIGHTS (when set) into
         the model and start at iteration 0."""
         if resume and self.checkpointer.has_checkpoint():
-            path = self.checkpointer.get_checkpoint_file()
-            self.start_iter = self.checkpointer.load(path) + 1
+            path, iteration = self.checkpointer.load_newest_intact()
+            if iteration + 1 > self.max_iter:
+                raise ValueError(
+                    f"{path} is at iteration {iteration + 1}, beyond SOLVER.MAX_ITER {self.max_iter}: "
+                    "resuming would train nothing. Raise SOLVER.MAX_ITER, or train without --resume / "
+                    "in another OUTPUT_DIR"
+                )
+            self.start_iter = iteration + 1
             return
         if resume:
             logger.info("No checkpoint in %s to resume from: starting from iteration 0", self.cfg.OUTPUT_DIR)
         if self.cfg.MODEL.WEIGHTS:
             from mask2former.checkpoint import load_weights
 
-            load_weights(unwrap_model(self.model), self.cfg.MODEL.WEIGHTS)
+            load_weights(unwrap_model(self.model), self.cfg.MODEL.WEIGHTS, allow_partial=True)  # fine-tuning
         self.start_iter = 0
 
     def build_hooks(self) -> list[HookBase]:

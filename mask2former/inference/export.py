@@ -16,6 +16,12 @@ so the op becomes one ONNX GridSample per level (opset 16+).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import pickle
+import re
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -24,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint.errors import CheckpointError
+from ..checkpoint.integrity import record_sha256, recorded_sha256, sha256_path, verify_sha256
 from ..layers.ms_deform_attn import compiled_op_available, deform_attn_implementation, load_extension
 from ..modeling.meta_arch import MaskFormer
 from ..structures import ImageList
@@ -114,18 +122,86 @@ def export_torch(wrapper: ExportableMaskFormer, example: Tensor, path: str | Non
         program = torch.export.export(wrapper, (example,))
     if path is not None:
         torch.export.save(program, path)
+        record_sha256(path)
     return program, impl
 
 
 def load_exported_program(path: str):
     """Load a `.pt2` written by `export_torch`, registering the deformable-attention op first
-    (the program calls `torch.ops.mask2former.ms_deform_attn`, which `mask2former._C` defines)."""
+    (the program calls `torch.ops.mask2former.ms_deform_attn`, which `mask2former._C` defines).
+
+    Never unpickles code: `torch.export.load` unpickles some members with `weights_only=False`
+    (tensors flagged `use_pickle`, custom and opaque objects, legacy members, sample inputs that
+    `weights_only=True` cannot read), so the archive is checked first and refused
+    (`CheckpointError`) unless every member is one that loads without such a pickle. The file is
+    read once, checked against its recorded SHA-256 (`<path>.sha256`, written by `export_torch`),
+    and the checked bytes are what gets loaded."""
     if load_extension() is None:
         raise RuntimeError(
             f"{path}: the program may call torch.ops.mask2former.ms_deform_attn, but mask2former._C is not "
             "built; build it with `pip install --no-build-isolation -e .`"
         )
-    return torch.export.load(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    expected = recorded_sha256(path)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(
+            f"{path} is corrupt: its SHA-256 differs from the one recorded in {sha256_path(path)} when it was written"
+        )
+    _check_program_archive(data, path)
+    return torch.export.load(io.BytesIO(data))
+
+
+# Members of a `torch.export.save` archive (below its root folder) that load without unpickling
+# code; `sample_inputs` is a torch pickle, checked separately with weights_only=True.
+_PROGRAM_MEMBERS = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/\w+\.json|data/weights/\w+_weights_config\.json|data/constants/\w+_constants_config\.json"
+    r"|data/weights/weight_\d+|data/constants/tensor_\d+|data/sample_inputs/\w+\.pt|extra/[^/]+)"
+)
+_RAW_TENSOR_NAME = re.compile(r"(weight|tensor)_\d+")
+
+
+def _check_program_archive(data: bytes, path: str) -> None:
+    """Refuse (CheckpointError naming `path` and the member) an archive `torch.export.load` would
+    unpickle code from; see `load_exported_program`."""
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(
+            f"refused to load {path}: {why}. Only programs saved by torch.export.save with raw tensors are "
+            "loaded, because other members are unpickled with weights_only=False and could run code"
+        )
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+            roots = {name.split("/", 1)[0] for name in names}
+            if len(roots) != 1 or any("/" not in name for name in names):
+                raise refuse("not a torch.export archive with one root folder (an older format?)")
+            root = roots.pop() + "/"
+            for name in names:
+                member = name[len(root) :]
+                if not _PROGRAM_MEMBERS.fullmatch(member):
+                    raise refuse(f"unexpected member {name}")
+                if member.endswith("_config.json"):
+                    _check_payload_config(archive.read(name), name, refuse)
+                elif member.startswith("data/sample_inputs/"):
+                    try:
+                        torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+                    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+                        raise refuse(f"member {name} is not plain tensors ({e})") from None
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f"cannot read {path} as an exported program: {e}") from None
+
+
+def _check_payload_config(text: bytes, name: str, refuse) -> None:
+    try:
+        entries = json.loads(text)["config"]
+        for fqn, meta in entries.items():
+            if meta["use_pickle"] is not False or not _RAW_TENSOR_NAME.fullmatch(meta["path_name"]):
+                raise refuse(f"{name} stores {fqn!r} as a pickle ({meta['path_name']})")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise refuse(f"{name} is not a payload config ({type(e).__name__}: {e})") from None
 
 
 def export_onnx(
@@ -154,13 +230,16 @@ def export_onnx(
     if written != opset:
         raise RuntimeError(f"asked for ONNX opset {opset}, but the exporter wrote opset {written}")
     program.save(path)
+    record_sha256(path)
 
 
 def run_onnx(path: str, images: Tensor) -> tuple[Tensor, Tensor]:
     """Run an exported ONNX model with onnxruntime's CPU provider: images [B, 3, H, W] ->
-    (pred_logits [B, Q, K+1], pred_masks [B, Q, Hp/4, Wp/4]) as CPU tensors."""
+    (pred_logits [B, Q, K+1], pred_masks [B, Q, Hp/4, Wp/4]) as CPU tensors. The file is checked
+    against its recorded SHA-256 (`<path>.sha256`, written by `export_onnx`) first."""
     import onnxruntime
 
+    verify_sha256(path)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: images.detach().cpu().float().numpy()}
     logits, masks = session.run(list(OUTPUT_NAMES), feed)

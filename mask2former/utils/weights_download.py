@@ -5,8 +5,17 @@
 - `detectron2://X` means `https://dl.fbaipublicfiles.com/detectron2/X`, as in Detectron2;
 - a URL is downloaded once into the cache folder (`cache_dir`, else `$MASK2FORMER_CACHE`, else
   `~/.cache/mask2former`), at `<cache>/<host>/<path of the URL>`, with a progress bar. The download
-  goes to a temporary file in the same folder and is renamed into place only after its hash is
-  checked, so an interrupted or corrupt download never sits at the cache path.
+  goes to a temporary file in the same folder and is renamed into place only after it passed every
+  check: its size equals the server's Content-Length, it is not an HTML page (an error page served
+  with status 200), and its hash matches the one in its name. Its SHA-256 is then recorded beside it
+  (`<file>.sha256`), so an interrupted, truncated or corrupt download never sits at the cache path.
+- The whole download has a deadline (`deadline_s`, default `$MASK2FORMER_DOWNLOAD_DEADLINE_S` or one
+  hour): a server that trickles bytes fails within it instead of hanging.
+
+A cached file is checked every time it is used: against the hash in its name, else against its
+recorded SHA-256. A file that fails is deleted, with a warning saying so, and downloaded again. A
+file put at the cache path by hand is checked the same way; one whose name carries no hash and that
+has no recorded SHA-256 cannot be checked: it is used with a warning and its SHA-256 is recorded.
 
 Hash check, from the file name (the conventions of the files users download):
 - `model_final_94dc52.pkl` (Detectron2 / Mask2Former model zoo): 6 hex digits after the last `_`
@@ -19,15 +28,20 @@ A name without such a suffix (`R-50.pkl`) is downloaded without a check.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from tqdm import tqdm
+
+from mask2former.checkpoint.errors import CheckpointError
+from mask2former.checkpoint.integrity import record_sha256, remove_with_sha256, verify_sha256
 
 __all__ = [
     "DETECTRON2_PREFIX",
@@ -45,6 +59,8 @@ logger = logging.getLogger(__name__)
 DETECTRON2_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0
+DEADLINE_ENV = "MASK2FORMER_DOWNLOAD_DEADLINE_S"
+DEFAULT_DEADLINE_S = 3600.0
 
 
 class WeightsDownloadError(RuntimeError):
@@ -94,11 +110,25 @@ def expected_hash(filename: str) -> tuple[str, str] | None:
     return None
 
 
-def resolve_weights(path_or_url: str, cache_dir: str | None = None) -> str:
+def download_deadline_s() -> float:
+    """The configured overall download deadline (`$MASK2FORMER_DOWNLOAD_DEADLINE_S`, default one hour)."""
+    value = os.environ.get(DEADLINE_ENV)
+    if not value:
+        return DEFAULT_DEADLINE_S
+    try:
+        deadline = float(value)
+    except ValueError:
+        raise ValueError(f"{DEADLINE_ENV}={value!r} is not a number of seconds") from None
+    if not deadline > 0:
+        raise ValueError(f"{DEADLINE_ENV}={value!r} must be positive")
+    return deadline
+
+
+def resolve_weights(path_or_url: str, cache_dir: str | None = None, deadline_s: float | None = None) -> str:
     """A local path for MODEL.WEIGHTS-style input: a local file, an http(s) URL or `detectron2://...`.
 
     URLs are downloaded once into `cache_dir` (default: `$MASK2FORMER_CACHE` or ~/.cache/mask2former)
-    and checked against the hash prefix in their file name (see the module doc).
+    within `deadline_s` seconds (default `download_deadline_s()`) and checked (see the module doc).
 
     Raises:
         FileNotFoundError: a local path that does not exist.
@@ -114,11 +144,59 @@ def resolve_weights(path_or_url: str, cache_dir: str | None = None) -> str:
             raise FileNotFoundError(f"weights file not found: {path}{_conversion_hint(path)}")
         return path
     target = url_to_cache_path(url, cache_dir)
-    if os.path.isfile(target):
+    if os.path.isfile(target) and _cached_file_is_good(target, url):
         logger.info("Using cached %s for %s", target, url)
         return target
-    _download(url, target)
+    _download(url, target, download_deadline_s() if deadline_s is None else deadline_s)
     return target
+
+
+def _cached_file_is_good(target: str, url: str) -> bool:
+    """Check a cached file (downloaded, or put there by hand); delete it, saying so, when it fails."""
+    problem = _html_problem(target) or _name_hash_problem(target, target)
+    if problem is None and expected_hash(target) is None:
+        try:
+            if not verify_sha256(target):
+                logger.warning(
+                    "%s (for %s) has no hash in its name and no recorded SHA-256, so it cannot be checked "
+                    "(put there by hand?); using it, and recording its SHA-256 to find later corruption",
+                    target,
+                    url,
+                )
+                record_sha256(target)
+        except CheckpointError as e:
+            problem = str(e)
+    if problem is None:
+        return True
+    remove_with_sha256(target)
+    logger.warning("Deleted the cached %s: %s. Downloading %s again", target, problem, url)
+    return False
+
+
+def _html_problem(path: str) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    return "it is an HTML page, not a weights file" if _looks_like_html(head) else None
+
+
+def _looks_like_html(head: bytes) -> bool:
+    start = head.lstrip()[:15].lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml"))
+
+
+def _name_hash_problem(path: str, name: str) -> str | None:
+    """Why the file at `path` fails the hash its `name` carries (None: it passes, or no hash)."""
+    check = expected_hash(name)
+    if check is None:
+        return None
+    digest = hashlib.new(check[0])
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual.startswith(check[1]):
+        return None
+    return f"its {check[0]} is {actual}, but its name expects a hash starting with {check[1]}"
 
 
 def _conversion_hint(path: str) -> str:
@@ -136,41 +214,68 @@ def _conversion_hint(path: str) -> str:
     return ""
 
 
-def _download(url: str, target: str) -> None:
-    """Stream `url` into a temporary file next to `target`, check its hash, then rename it into place."""
+def _download(url: str, target: str, deadline_s: float) -> None:
+    """Stream `url` into a temporary file next to `target`, check it, then rename it into place."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    check = expected_hash(target)
-    digest = hashlib.new(check[0]) if check else None
     fd, tmp = tempfile.mkstemp(
         dir=os.path.dirname(target), prefix=os.path.basename(target) + ".", suffix=".part"
     )
     try:
-        try:
-            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(
-                    total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=os.path.basename(target)
-                ) as bar:
-                    while chunk := response.read(_CHUNK):
-                        f.write(chunk)
-                        if digest is not None:
-                            digest.update(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise WeightsDownloadError(
-                f"could not download {url} ({reason}). Without network access, download that file on "
-                f"another machine and put it at {target} (or set MODEL.WEIGHTS to a local path)"
-            ) from e
-        if check is not None:
-            actual = digest.hexdigest()
-            if not actual.startswith(check[1]):
-                raise WeightsHashError(
-                    f"{os.path.basename(target)} downloaded from {url} has {check[0]} {actual}, but its name "
-                    f"expects a hash starting with {check[1]}; the download was deleted"
-                )
+        with os.fdopen(fd, "wb") as f:
+            _fetch(url, target, f, deadline_s)
+        problem = _html_problem(tmp)
+        if problem is not None:
+            raise WeightsDownloadError(f"refused the download of {url}: {problem} (not cached)")
+        problem = _name_hash_problem(tmp, target)
+        if problem is not None:
+            raise WeightsHashError(
+                f"{os.path.basename(target)} downloaded from {url}: {problem}; the download was deleted"
+            )
         os.replace(tmp, target)
+        record_sha256(target)
         logger.info("Downloaded %s to %s", url, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fetch(url: str, target: str, f, deadline_s: float) -> None:
+    """Write the body of `url` to `f`, within `deadline_s` seconds and with the announced size."""
+    end = time.monotonic() + deadline_s
+    received, total = 0, None
+    try:
+        with urllib.request.urlopen(url, timeout=min(_TIMEOUT_S, deadline_s)) as response:
+            content_type = response.headers.get("Content-Type") or ""
+            if content_type.split(";")[0].strip().lower() == "text/html":
+                raise WeightsDownloadError(
+                    f"refused the download of {url}: the server answered with an HTML page "
+                    f"(Content-Type {content_type}), not a weights file (not cached)"
+                )
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=os.path.basename(target)
+            ) as bar:
+                while chunk := response.read1(_CHUNK):
+                    f.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+                    if time.monotonic() > end:
+                        raise TimeoutError(
+                            f"deadline of {deadline_s:g} s passed after {received} bytes "
+                            f"(set ${DEADLINE_ENV} for a slow connection)"
+                        )
+    except http.client.IncompleteRead as e:
+        raise WeightsDownloadError(
+            f"the download of {url} is truncated: the server closed the connection after "
+            f"{received + len(e.partial)} of the {total} bytes announced (not cached)"
+        ) from e
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+        raise WeightsDownloadError(
+            f"could not download {url} ({reason}). Without network access, download that file on "
+            f"another machine and put it at {target} (or set MODEL.WEIGHTS to a local path)"
+        ) from e
+    if total is not None and received != total:
+        raise WeightsDownloadError(
+            f"the download of {url} is truncated: {received} of the {total} bytes announced arrived (not cached)"
+        )

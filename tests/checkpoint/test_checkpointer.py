@@ -36,7 +36,12 @@ def test_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         ck.save("model_0000002", iteration=2)
     monkeypatch.undo()
 
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]  # no partial or temp file
+    # no partial or temp file
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+        "model_0000001.pth.sha256",
+    ]
     assert ck.get_checkpoint_file() == str(tmp_path / "model_0000001.pth")
     assert (tmp_path / "model_0000001.pth").read_bytes() == good
     restored = _checkpointer(tmp_path)
@@ -117,4 +122,66 @@ def test_temp_file_of_a_killed_writer_is_cleaned_up(tmp_path):
     (tmp_path / ".model_0000002.pth.tmp.99999").write_bytes(b"half a checkpoint")
     ck = _checkpointer(tmp_path)
     ck.save("model_0000002", iteration=2)
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000002.pth"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000002.pth",
+        "model_0000002.pth.sha256",
+    ]
+
+
+# ---- corrupt checkpoints: found by their SHA-256, resume falls back to the newest intact one ----
+def _three_checkpoints(folder):
+    ck = _checkpointer(folder)
+    for it in (1, 2, 3):
+        with torch.no_grad():
+            ck.model.weight.fill_(float(it))
+        ck.save(f"model_{it:07d}", iteration=it)
+    return ck
+
+
+def _flip_bit(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage, reason", [(_flip_bit, "corrupt"), (_truncate, "corrupt")])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog, damage, reason):
+    _three_checkpoints(tmp_path)
+    damage(tmp_path / "model_0000003.pth")
+    fresh = _checkpointer(tmp_path)
+    path, iteration = fresh.load_newest_intact()
+    assert (os.path.basename(path), iteration) == ("model_0000002.pth", 2)
+    assert torch.all(fresh.model.weight == 2.0)
+    assert f"Skipping checkpoint {tmp_path / 'model_0000003.pth'}" in caplog.text
+    assert reason in caplog.text
+
+
+def test_truncated_checkpoint_without_recorded_hash_is_skipped_too(tmp_path, caplog):
+    _three_checkpoints(tmp_path)
+    os.remove(tmp_path / "model_0000003.pth.sha256")
+    _truncate(tmp_path / "model_0000003.pth")
+    path, iteration = _checkpointer(tmp_path).load_newest_intact()
+    assert iteration == 2
+    assert "cannot read" in caplog.text and "model_0000003.pth" in caplog.text
+
+
+def test_no_intact_checkpoint_is_an_error_listing_each(tmp_path):
+    _three_checkpoints(tmp_path)
+    for it in (1, 2, 3):
+        _flip_bit(tmp_path / f"model_{it:07d}.pth")
+    with pytest.raises(ckpt_module.CheckpointError, match="no intact checkpoint") as info:
+        _checkpointer(tmp_path).load_newest_intact()
+    assert all(f"model_{it:07d}.pth" in str(info.value) for it in (1, 2, 3))
+
+
+def test_flipped_bit_in_a_checkpoint_is_found_when_loaded_directly(tmp_path):
+    _three_checkpoints(tmp_path)
+    _flip_bit(tmp_path / "model_0000003.pth")
+    with pytest.raises(ckpt_module.CheckpointError, match="model_0000003.pth is corrupt"):
+        _checkpointer(tmp_path).load(str(tmp_path / "model_0000003.pth"))

@@ -84,7 +84,7 @@ def test_legacy_pixel_decoder_names_are_renamed_once(model):
 
 def test_pretrained_backbone_file_without_prefix(model, tmp_path):
     """An ImageNet-pretrained backbone in Detectron2 names (`stem.conv1.weight`, ...) loads into
-    `backbone.*`, leaving the head as it was."""
+    `backbone.*`, leaving the head as it was (with allow_partial, as training does)."""
     backbone_only = {
         k[len("backbone.") :]: v.numpy() for k, v in model.state_dict().items() if k.startswith("backbone.")
     }
@@ -93,7 +93,7 @@ def test_pretrained_backbone_file_without_prefix(model, tmp_path):
         pickle.dump({"model": backbone_only, "__author__": "torchvision", "matching_heuristics": True}, f)
     other = _fresh_model()
     head_before = {k: v.clone() for k, v in other.state_dict().items() if not k.startswith("backbone.")}
-    report = load_weights(other, str(path))
+    report = load_weights(other, str(path), allow_partial=True)  # fine-tuning from a backbone
     assert report.unexpected == []
     assert all(not k.startswith("backbone.") for k in report.missing)
     for k, v in other.state_dict().items():

@@ -198,3 +198,22 @@ def test_periodic_evaluation_is_recorded_and_leaves_training_unchanged(tmp_path)
         assert torch.equal(v, _weights(trainer)[k]), k
     lines = [json.loads(x) for x in (tmp_path / "eval" / "metrics.json").read_text().splitlines()]
     assert lines[-1]["toy_val/score"] == 3.0
+
+
+def test_max_iter_below_the_checkpoint_is_an_error(tmp_path):
+    _run(toy_cfg(tmp_path, **{"SOLVER.MAX_ITER": 6, "SOLVER.CHECKPOINT_PERIOD": 3}))
+    trainer = ToyTrainer(toy_cfg(tmp_path, **{"SOLVER.MAX_ITER": 4}))
+    with pytest.raises(ValueError, match=r"model_final.pth is at iteration 6, beyond SOLVER.MAX_ITER 4"):
+        trainer.resume_or_load(resume=True)
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
+    _run(toy_cfg(tmp_path, **{"SOLVER.MAX_ITER": 6, "SOLVER.CHECKPOINT_PERIOD": 3}))
+    final = tmp_path / "model_final.pth"
+    data = bytearray(final.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    final.write_bytes(bytes(data))
+    trainer = ToyTrainer(toy_cfg(tmp_path, **{"SOLVER.MAX_ITER": 6}))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 3  # after model_0000002.pth
+    assert "Skipping checkpoint" in caplog.text and "model_final.pth is corrupt" in caplog.text

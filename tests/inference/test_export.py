@@ -94,6 +94,7 @@ def _samples() -> dict[str, torch.Tensor]:
 
 def test_torch_export_program_matches_eager(exported):
     model, wrapper, out = exported
+    assert (out / "model.pt2.sha256").is_file() and (out / "model.onnx.sha256").is_file()
     program = load_exported_program(str(out / "model.pt2"))
     ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     if compiled_op_available("cpu"):
