@@ -3,10 +3,13 @@ training or semantic / panoptic / instance results at inference."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CfgNode
 from ..inference.postprocessing import (
     instance_inference,
     panoptic_inference,
@@ -70,6 +73,45 @@ class MaskFormer(nn.Module):
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
         self.inference_dtype = inference_dtype
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        """The constructor's keyword arguments from a config: backbone by MODEL.BACKBONE.NAME, head
+        by MODEL.SEM_SEG_HEAD.NAME, the criterion, and the MODEL.MASK_FORMER.TEST switches. A
+        subclass adds its own arguments to the returned dict (see docs/EXTENDING.md)."""
+        from .criterion import build_criterion
+
+        backbone = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(
+            cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
+        )
+        head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, backbone.output_shape())
+        test = cfg.MODEL.MASK_FORMER.TEST
+        thing_mask = _thing_classes_mask(cfg) if (test.PANOPTIC_ON or test.INSTANCE_ON) else None
+        if test.PANOPTIC_ON and thing_mask is None:
+            raise ValueError(
+                "MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs metadata with thing_dataset_id_to_contiguous_id for "
+                f"DATASETS.TRAIN[0] ({cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else 'DATASETS.TRAIN is empty'}); "
+                "register the dataset (see README, custom datasets) before building the model"
+            )
+        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
+            raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
+        return {
+            "backbone": backbone,
+            "sem_seg_head": head,
+            "criterion": build_criterion(cfg),
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "thing_classes_mask": thing_mask,
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            "semantic_on": test.SEMANTIC_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "inference_dtype": _inference_dtype(cfg.MODEL.INFERENCE_DTYPE),
+        }
 
     @property
     def device(self) -> torch.device:
@@ -157,7 +199,7 @@ class MaskFormer(nn.Module):
         return results
 
 
-def _thing_classes_mask(cfg) -> Tensor | None:
+def _thing_classes_mask(cfg: CfgNode) -> Tensor | None:
     """bool [K]: which contiguous class ids are things, from the training set's metadata."""
     from ..data import MetadataCatalog
 
@@ -179,42 +221,9 @@ def _thing_classes_mask(cfg) -> Tensor | None:
 
 
 @META_ARCH_REGISTRY.register("MaskFormer")
-def build_maskformer(cfg) -> MaskFormer:
-    """MaskFormer from the config: backbone by MODEL.BACKBONE.NAME, head by MODEL.SEM_SEG_HEAD.NAME,
-    the criterion, and the MODEL.MASK_FORMER.TEST switches."""
-    from .criterion import build_criterion
-
-    backbone = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(
-        cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
-    )
-    head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, backbone.output_shape())
-    test = cfg.MODEL.MASK_FORMER.TEST
-    thing_mask = _thing_classes_mask(cfg) if (test.PANOPTIC_ON or test.INSTANCE_ON) else None
-    if test.PANOPTIC_ON and thing_mask is None:
-        raise ValueError(
-            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs metadata with thing_dataset_id_to_contiguous_id for "
-            f"DATASETS.TRAIN[0] ({cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else 'DATASETS.TRAIN is empty'}); "
-            "register the dataset (see README, custom datasets) before building the model"
-        )
-    if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
-        raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
-    return MaskFormer(
-        backbone=backbone,
-        sem_seg_head=head,
-        criterion=build_criterion(cfg),
-        object_mask_threshold=test.OBJECT_MASK_THRESHOLD,
-        overlap_threshold=test.OVERLAP_THRESHOLD,
-        thing_classes_mask=thing_mask,
-        size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
-        sem_seg_postprocess_before_inference=test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
-        pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN),
-        pixel_std=tuple(cfg.MODEL.PIXEL_STD),
-        semantic_on=test.SEMANTIC_ON,
-        panoptic_on=test.PANOPTIC_ON,
-        instance_on=test.INSTANCE_ON,
-        test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-        inference_dtype=_inference_dtype(cfg.MODEL.INFERENCE_DTYPE),
-    )
+def build_maskformer(cfg: CfgNode) -> MaskFormer:
+    """MaskFormer from the config (see `MaskFormer.from_config`)."""
+    return MaskFormer(**MaskFormer.from_config(cfg))
 
 
 def _inference_dtype(name: str) -> torch.dtype:
