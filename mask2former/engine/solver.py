@@ -230,7 +230,7 @@ class WarmupMultiStepLR(LRScheduler):
         self.warmup_method = warmup_method
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         it = self.last_epoch
         factor = _warmup_factor(self.warmup_method, it, self.warmup_iters, self.warmup_factor)
         decay = self.gamma ** bisect.bisect_right(self.milestones, it)
@@ -263,7 +263,7 @@ class WarmupPolyLR(LRScheduler):
         self.constant_ending = constant_ending
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         it = min(self.last_epoch, self.max_iters)
         factor = _warmup_factor(self.warmup_method, it, self.warmup_iters, self.warmup_factor)
         poly = math.pow(1.0 - it / self.max_iters, self.power)

@@ -125,7 +125,7 @@ def instance_inference(
     order = scores.argsort(descending=True)
     queries = queries[order]
     return Instances(
-        tuple(mask_pred.shape[-2:]),
+        (mask_pred.shape[-2], mask_pred.shape[-1]),
         pred_masks=binary[queries],
         pred_boxes=Boxes(boxes[queries]),
         scores=scores[order],

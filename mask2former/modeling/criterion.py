@@ -84,6 +84,7 @@ class SetCriterion(nn.Module):
     """Mask2Former's training loss (see the module docstring)."""
 
     _LOSS_KEYS = {"labels": ("loss_ce",), "masks": ("loss_mask", "loss_dice")}
+    empty_weight: Tensor  # buffer [K+1]
 
     def __init__(
         self,

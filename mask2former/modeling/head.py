@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
@@ -11,10 +11,21 @@ from ..layers import ShapeSpec
 from .registry import PIXEL_DECODER_REGISTRY, SEM_SEG_HEADS_REGISTRY, TRANSFORMER_DECODER_REGISTRY
 
 
+class PixelDecoder(Protocol):
+    """What MaskFormerHead needs of a pixel decoder (an nn.Module from PIXEL_DECODER_REGISTRY)."""
+
+    def forward_features(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """backbone features -> (mask features [B, mask_dim, H/4, W/4], coarsest encoder output,
+        multi-scale features coarse to fine for the Transformer decoder)"""
+        ...
+
+
 class MaskFormerHead(nn.Module):
     """Backbone features -> {"pred_logits", "pred_masks", "aux_outputs"}."""
 
-    def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module):
+    pixel_decoder: PixelDecoder
+
+    def __init__(self, pixel_decoder: PixelDecoder, predictor: nn.Module):
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor

@@ -31,6 +31,9 @@ class MaskFormer(nn.Module):
     (ids int32 [H, W], segments_info) and `"instances"`, as switched on.
     """
 
+    pixel_mean: Tensor  # buffers [3, 1, 1]
+    pixel_std: Tensor
+
     def __init__(
         self,
         *,
@@ -170,7 +173,7 @@ class MaskFormer(nn.Module):
             mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
         ):
             height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
-            r = {}
+            r: dict[str, Any] = {}
             if self.sem_seg_postprocess_before_inference:
                 mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
             mask_probs = mask_pred.sigmoid()  # [Q, H, W], shared by the three inferences

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...layers import Conv2d, ShapeSpec, c2_msra_fill, get_norm
+from ...layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, c2_msra_fill, get_norm
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
 
@@ -105,13 +105,18 @@ class BottleneckBlock(nn.Module):
         return F.relu_(out)
 
 
+Block = BasicBlock | BottleneckBlock
+
+
 def _freeze(module: nn.Module) -> None:
     """Stop gradients and turn BatchNorm layers into FrozenBatchNorm2d (in place)."""
     for p in module.parameters():
         p.requires_grad_(False)
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d | nn.SyncBatchNorm):
-            frozen = get_norm("FrozenBN", child.num_features)
+            if child.running_mean is None or child.running_var is None:
+                raise ValueError(f"cannot freeze {name}: a BatchNorm without running statistics")
+            frozen = FrozenBatchNorm2d(child.num_features)
             frozen.weight.copy_(child.weight.detach())
             frozen.bias.copy_(child.bias.detach())
             frozen.running_mean.copy_(child.running_mean)
@@ -126,7 +131,7 @@ class ResNet(Backbone):
     """Stem + stages res2..res5 (stopping at the last requested output)."""
 
     def __init__(
-        self, stem: BasicStem, stages: list[list[nn.Module]], out_features: list[str], freeze_at: int = 0
+        self, stem: BasicStem, stages: list[list[Block]], out_features: list[str], freeze_at: int = 0
     ):
         super().__init__()
         self.stem = stem
@@ -171,13 +176,13 @@ class ResNet(Backbone):
         return outputs
 
 
-def _first_stride(block: nn.Module) -> int:
+def _first_stride(block: Block) -> int:
     convs = [block.conv1, block.conv2]
     return max(c.stride[0] for c in convs)
 
 
-def _out_channels(block: nn.Module) -> int:
-    last = block.conv3 if hasattr(block, "conv3") else block.conv2
+def _out_channels(block: Block) -> int:
+    last = block.conv3 if isinstance(block, BottleneckBlock) else block.conv2
     return last.out_channels
 
 
@@ -204,11 +209,11 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
             raise ValueError(f"MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for ResNet-{depth}, got {out_ch}")
         if r.RES5_DILATION != 1 or r.NUM_GROUPS != 1:
             raise ValueError(f"ResNet-{depth} supports neither RES5_DILATION != 1 nor NUM_GROUPS != 1")
-    stages = []
+    stages: list[list[Block]] = []
     for stage_idx, num_blocks in zip(range(2, last_stage + 1), _BLOCKS_PER_STAGE[depth]):
         dilation = r.RES5_DILATION if stage_idx == 5 else 1
         first_stride = 1 if stage_idx == 2 or (stage_idx == 5 and dilation == 2) else 2
-        blocks = []
+        blocks: list[Block] = []
         for i in range(num_blocks):
             stride = first_stride if i == 0 else 1
             if depth in (18, 34):
