@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import CfgNode
 from ...layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, c2_msra_fill, get_norm
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
@@ -187,7 +188,7 @@ def _out_channels(block: Block) -> int:
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
+def build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     """ResNet from `MODEL.RESNETS.*` and `MODEL.BACKBONE.FREEZE_AT`."""
     r = cfg.MODEL.RESNETS
     depth = r.DEPTH
