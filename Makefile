@@ -1,7 +1,7 @@
 # The two commands of the README, both from a fresh clone:
 #   make demo  set up .venv when needed, generate the bundled shapes dataset, train Mask2Former on it
 #              on the CPU, evaluate it (PQ, AP, mIoU) and draw val predictions (tools/main_job.py)
-#   make test  set up .venv when needed, lint, compile-check the CUDA kernels (when nvcc exists) and
+#   make test  set up .venv when needed, lint, type-check (mypy), compile-check the CUDA kernels (when nvcc exists) and
 #              run the test suite (which includes the GPU check's dry run, tests/test_gpu_check.py)
 # On a machine with a CUDA GPU (its own python with torch; no venv, no network needed):
 #   make gpu-check      build the CUDA kernels in place, check them and the model on the GPU, time the
@@ -16,12 +16,12 @@ STAMP := $(VENV)/.mask2former-installed
 GPU_PYTHON ?= python3
 GPU_CHECK_ARGS ?= --out output/gpu_check
 
-.PHONY: demo test lint setup gpu-check gpu-check-dry
+.PHONY: demo test lint typecheck setup gpu-check gpu-check-dry
 
 demo: $(STAMP)
 	$(PY) tools/main_job.py
 
-test: lint
+test: lint typecheck
 	PYTHON=$(abspath $(PY)) bash .ci/compile_cuda.sh
 	$(PY) -m pytest -q tests
 
@@ -34,6 +34,10 @@ gpu-check-dry: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy over mask2former/ ([tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 setup: $(STAMP)
 

@@ -8,7 +8,9 @@
     python tools/train_net.py --config-file <cfg> --eval-only --resume   # last checkpoint of OUTPUT_DIR
     python tools/train_net.py --config-file <cfg> --num-gpus 2 MODEL.DEVICE cpu  # two CPU workers (gloo)
 
-A project with its own model or data subclasses `Trainer` and calls `cli(trainer_cls=...)`.
+A project with its own model, data or config keys has its own train_net.py, as Detectron2's
+projects do: it imports its modules (which register their components) and calls
+`cli(trainer_cls=..., config_adders=(add_<name>_config,))` (docs/EXTENDING.md).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from mask2former.checkpoint.atomic import atomic_write
-from mask2former.config import get_cfg
+from mask2former.config import CfgNode, get_cfg
 from mask2former.engine.defaults import default_argument_parser, default_setup
 from mask2former.engine.launch import TrainingStopped, backend_for_device, launch
 from mask2former.engine.trainer import Trainer
@@ -34,9 +36,15 @@ from mask2former.utils import dist as dist_utils
 logger = logging.getLogger("mask2former.train_net")
 
 
-def build_config(args: argparse.Namespace):
-    """Defaults, then the config file, then the command-line overrides; frozen."""
+ConfigAdder = Callable[[CfgNode], None]
+
+
+def build_config(args: argparse.Namespace, config_adders: Sequence[ConfigAdder] = ()) -> CfgNode:
+    """Defaults, the keys of each config adder (`add_<name>_config(cfg)` of an extension), then
+    the config file, then the command-line overrides; frozen."""
     cfg = get_cfg()
+    for add_config in config_adders:
+        add_config(cfg)
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
@@ -87,11 +95,13 @@ def _nan_to_none(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def main(args: argparse.Namespace, trainer_cls: type[Trainer] = Trainer):
+def main(
+    args: argparse.Namespace, trainer_cls: type[Trainer] = Trainer, config_adders: Sequence[ConfigAdder] = ()
+):
     """One worker's job: train (optionally resuming), or evaluate with --eval-only (MODEL.WEIGHTS,
     or with --resume the last checkpoint of OUTPUT_DIR); evaluation outputs, its log and config
     go to OUTPUT_DIR/inference/."""
-    cfg = build_config(args)
+    cfg = build_config(args, config_adders)
     default_setup(cfg, args)
     if args.eval_only:
         from mask2former.checkpoint import load_weights
@@ -110,14 +120,19 @@ def main(args: argparse.Namespace, trainer_cls: type[Trainer] = Trainer):
     return None
 
 
-def cli(argv: Sequence[str] | None = None, trainer_cls: type[Trainer] = Trainer) -> None:
-    """Parse the command line and run `main` in every worker."""
+def cli(
+    argv: Sequence[str] | None = None,
+    trainer_cls: type[Trainer] = Trainer,
+    config_adders: Sequence[ConfigAdder] = (),
+) -> None:
+    """Parse the command line and run `main` in every worker. `config_adders` (module-level
+    functions, so that spawned workers can import them) add an extension's keys."""
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
-    device = build_config(args).MODEL.DEVICE
+    device = build_config(args, config_adders).MODEL.DEVICE
     try:
         launch(
-            functools.partial(main, trainer_cls=trainer_cls),
+            functools.partial(main, trainer_cls=trainer_cls, config_adders=tuple(config_adders)),
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,

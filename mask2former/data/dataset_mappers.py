@@ -125,7 +125,7 @@ def _ignore_label(cfg) -> int:
 
 
 def _shortest_edge_augs(cfg, crop_with_category_area: bool, ignore_label: int) -> list:
-    augs = [
+    augs: list = [
         T.ResizeShortestEdge(
             cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
         )
@@ -141,7 +141,7 @@ def _shortest_edge_augs(cfg, crop_with_category_area: bool, ignore_label: int) -
 
 
 def _lsj_augs(cfg) -> list:
-    augs = []
+    augs: list = []
     if cfg.INPUT.RANDOM_FLIP != "none":
         augs.append(T.RandomFlip(cfg.INPUT.RANDOM_FLIP))
     size = cfg.INPUT.IMAGE_SIZE

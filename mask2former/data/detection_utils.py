@@ -119,41 +119,11 @@ def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.
     """A COCO segmentation (polygon list, uncompressed RLE with a counts list, or compressed RLE)
     -> bool [H, W]."""
     if isinstance(segm, list):
-        try:
-            polys = [np.asarray(p) for p in segm]
-        except ValueError as e:  # ragged nesting
-            raise DatasetFormatError(f"A polygon in {source} is not a list of numbers: {e}") from e
-        if any(
-            p.ndim != 1 or p.dtype.kind not in "iuf" or len(p) % 2 or not np.isfinite(p).all() for p in polys
-        ):
-            raise DatasetFormatError(
-                f"A polygon in {source} is not a flat list of finite [x, y] pairs (odd count or nested)"
-            )
-        polys = [p for p in polys if len(p) >= 6]
-        for p in polys:  # pycocotools crashes the process on huge coordinates (1e12)
-            xs, ys = p[0::2], p[1::2]
-            if xs.min() < -width or xs.max() > 2 * width or ys.min() < -height or ys.max() > 2 * height:
-                raise DatasetFormatError(
-                    f"A polygon in {source} has coordinates far outside the {height}x{width} image"
-                )
-        if not polys:
+        rle = _polygons_to_rle(segm, height, width, source)
+        if rle is None:  # only degenerate polygons (fewer than 3 points)
             return np.zeros((height, width), dtype=bool)
-        rle = mask_util.merge(mask_util.frPyObjects([p.tolist() for p in polys], height, width))
     elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if list(segm["size"]) != [height, width]:
-            raise DatasetFormatError(
-                f"RLE of size {segm['size']} in {source} does not match image {height}x{width}"
-            )
-        rle = segm
-        counts = rle["counts"]
-        if isinstance(counts, list) and (
-            not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width
-        ):
-            raise DatasetFormatError(
-                f"RLE counts in {source} are not non-negative integers summing to {height}*{width}"
-            )
-        if isinstance(rle["counts"], str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+        rle = _checked_rle(segm, height, width, source)
     elif isinstance(segm, np.ndarray):
         if segm.shape != (height, width):
             raise DatasetFormatError(
@@ -168,6 +138,47 @@ def segmentation_to_mask(segm, height: int, width: int, source: str = "") -> np.
         return mask_util.decode(rle).astype(bool)
     except (ValueError, OverflowError) as e:  # pycocotools: "Invalid RLE mask representation"
         raise DatasetFormatError(f"Cannot decode the RLE in {source}: {e}") from e
+
+
+def _polygons_to_rle(segm: list, height: int, width: int, source: str) -> dict | None:
+    """Checked polygons [x0, y0, x1, y1, ...] -> their merged RLE; None when every polygon has
+    fewer than 3 points."""
+    try:
+        polys = [np.asarray(p) for p in segm]
+    except ValueError as e:  # ragged nesting
+        raise DatasetFormatError(f"A polygon in {source} is not a list of numbers: {e}") from e
+    if any(p.ndim != 1 or p.dtype.kind not in "iuf" or len(p) % 2 or not np.isfinite(p).all() for p in polys):
+        raise DatasetFormatError(
+            f"A polygon in {source} is not a flat list of finite [x, y] pairs (odd count or nested)"
+        )
+    polys = [p for p in polys if len(p) >= 6]
+    for p in polys:  # pycocotools crashes the process on huge coordinates (1e12)
+        xs, ys = p[0::2], p[1::2]
+        if xs.min() < -width or xs.max() > 2 * width or ys.min() < -height or ys.max() > 2 * height:
+            raise DatasetFormatError(
+                f"A polygon in {source} has coordinates far outside the {height}x{width} image"
+            )
+    if not polys:
+        return None
+    return mask_util.merge(mask_util.frPyObjects([p.tolist() for p in polys], height, width))
+
+
+def _checked_rle(segm: dict, height: int, width: int, source: str) -> dict:
+    """An RLE {"size", "counts"} checked against the image size; string counts as bytes."""
+    if list(segm["size"]) != [height, width]:
+        raise DatasetFormatError(
+            f"RLE of size {segm['size']} in {source} does not match image {height}x{width}"
+        )
+    counts = segm["counts"]
+    if isinstance(counts, list) and (
+        not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width
+    ):
+        raise DatasetFormatError(
+            f"RLE counts in {source} are not non-negative integers summing to {height}*{width}"
+        )
+    if isinstance(counts, str):
+        return {"size": segm["size"], "counts": counts.encode("ascii")}
+    return segm
 
 
 def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:

@@ -211,22 +211,36 @@ def clip_gradients(cfg_or_settings, params: Iterable[Tensor]) -> Tensor | None:
 # --------------------------------------------------------------------------------------------
 # LR schedulers
 # --------------------------------------------------------------------------------------------
-def _warmup_factor(method: str, it: int, warmup_iters: int, warmup_factor: float) -> float:
-    """LR multiplier of the warmup at iteration `it` (1 once `it >= warmup_iters`)."""
-    if it >= warmup_iters:
-        return 1.0
-    if method == "constant":
-        return warmup_factor
-    alpha = it / warmup_iters
-    return warmup_factor * (1 - alpha) + alpha
+class _WarmupLR(LRScheduler):
+    """An LRScheduler with a warmup: over the first `warmup_iters` iterations the factor rises
+    linearly from `warmup_factor` to 1 ("linear") or stays at `warmup_factor` ("constant")."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_factor: float,
+        warmup_iters: int,
+        warmup_method: str,
+        last_epoch: int,
+    ):
+        if warmup_method not in ("linear", "constant"):
+            raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
+        self.warmup_factor = warmup_factor
+        self.warmup_iters = warmup_iters
+        self.warmup_method = warmup_method
+        super().__init__(optimizer, last_epoch)
+
+    def warmup(self, it: int) -> float:
+        """LR multiplier of the warmup at iteration `it` (1 once `it >= warmup_iters`)."""
+        if it >= self.warmup_iters:
+            return 1.0
+        if self.warmup_method == "constant":
+            return self.warmup_factor
+        alpha = it / self.warmup_iters
+        return self.warmup_factor * (1 - alpha) + alpha
 
 
-def _check_warmup_method(method: str) -> None:
-    if method not in ("linear", "constant"):
-        raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {method!r}")
-
-
-class WarmupMultiStepLR(LRScheduler):
+class WarmupMultiStepLR(_WarmupLR):
     """lr = base_lr * warmup(it) * gamma ** (number of milestones <= it)."""
 
     def __init__(
@@ -241,22 +255,18 @@ class WarmupMultiStepLR(LRScheduler):
     ):
         if list(milestones) != sorted(milestones):
             raise ValueError(f"SOLVER.STEPS must be increasing, got {milestones}")
-        _check_warmup_method(warmup_method)
         self.milestones = list(milestones)
         self.gamma = gamma
-        self.warmup_factor = warmup_factor
-        self.warmup_iters = warmup_iters
-        self.warmup_method = warmup_method
-        super().__init__(optimizer, last_epoch)
+        super().__init__(optimizer, warmup_factor, warmup_iters, warmup_method, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         it = self.last_epoch
-        factor = _warmup_factor(self.warmup_method, it, self.warmup_iters, self.warmup_factor)
+        factor = self.warmup(it)
         decay = self.gamma ** bisect.bisect_right(self.milestones, it)
         return [base_lr * factor * decay for base_lr in self.base_lrs]
 
 
-class WarmupPolyLR(LRScheduler):
+class WarmupPolyLR(_WarmupLR):
     """lr = base_lr * warmup(it) * (1 - it / max_iters) ** power, never below `constant_ending`
     (a fraction of base_lr) once warmup is over; the schedule holds its last value after max_iters."""
 
@@ -273,18 +283,14 @@ class WarmupPolyLR(LRScheduler):
     ):
         if max_iters <= 0:
             raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iters}")
-        _check_warmup_method(warmup_method)
         self.max_iters = max_iters
-        self.warmup_factor = warmup_factor
-        self.warmup_iters = warmup_iters
-        self.warmup_method = warmup_method
         self.power = power
         self.constant_ending = constant_ending
-        super().__init__(optimizer, last_epoch)
+        super().__init__(optimizer, warmup_factor, warmup_iters, warmup_method, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         it = min(self.last_epoch, self.max_iters)
-        factor = _warmup_factor(self.warmup_method, it, self.warmup_iters, self.warmup_factor)
+        factor = self.warmup(it)
         poly = math.pow(1.0 - it / self.max_iters, self.power)
         if self.constant_ending > 0 and factor == 1.0 and poly < self.constant_ending:
             return [base_lr * self.constant_ending for base_lr in self.base_lrs]

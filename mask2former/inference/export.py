@@ -24,6 +24,7 @@ import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ MIN_ONNX_OPSET = 18
 def _padded_size(size: tuple[int, int], divisibility: int) -> tuple[int, int]:
     if divisibility <= 1:
         return size
-    return tuple(-(-s // divisibility) * divisibility for s in size)
+    return (-(-size[0] // divisibility) * divisibility, -(-size[1] // divisibility) * divisibility)
 
 
 class ExportableMaskFormer(nn.Module):
@@ -98,7 +99,8 @@ class ExportableMaskFormer(nn.Module):
         probe = images.new_zeros((1, images.shape[1], hp, wp), dtype=torch.float32)
         with torch.no_grad():
             features = self.model.backbone(probe)
-        names = self.model.sem_seg_head.pixel_decoder.transformer_in_features  # coarse to fine
+        pixel_decoder: Any = self.model.sem_seg_head.pixel_decoder
+        names = pixel_decoder.transformer_in_features  # coarse to fine
         return [(int(features[f].shape[-2]), int(features[f].shape[-1])) for f in names]
 
 
@@ -226,6 +228,8 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     written = program.model.opset_imports.get("")
     if written != opset:
         raise RuntimeError(f"asked for ONNX opset {opset}, but the exporter wrote opset {written}")
@@ -294,9 +298,11 @@ def postprocess_exported(
     logits, masks = (torch.as_tensor(t).to(model.device) for t in outputs)
     if len(image_sizes) != logits.shape[0]:
         raise ValueError(f"{len(image_sizes)} image sizes for a batch of {logits.shape[0]}")
-    hp, wp = _padded_size(tuple(input_size), model.size_divisibility)
+    hp, wp = _padded_size((int(input_size[0]), int(input_size[1])), model.size_divisibility)
     # postprocess reads only the padded size of the batch tensor, so an empty [B, 0, Hp, Wp] stands in for it
-    images = ImageList(logits.new_empty((logits.shape[0], 0, hp, wp)), [tuple(s) for s in image_sizes])
+    images = ImageList(
+        logits.new_empty((logits.shape[0], 0, hp, wp)), [(int(h), int(w)) for h, w in image_sizes]
+    )
     sizes = output_sizes if output_sizes is not None else image_sizes
     batched_inputs = [{"height": int(h), "width": int(w)} for h, w in sizes]
     with torch.no_grad():

@@ -11,6 +11,11 @@ class FrozenBatchNorm2d(nn.Module):
     """y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, all four as buffers
     (nothing is trained), applied as one fused inference batch-norm."""
 
+    weight: Tensor  # buffers [C]
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
         self.num_features = num_features

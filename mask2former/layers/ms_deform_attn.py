@@ -58,7 +58,7 @@ _overrides: list[tuple[str, tuple[tuple[int, int], ...] | None]] = []
 
 def ms_deform_attn_reference(
     value: Tensor,
-    spatial_shapes: Tensor | list[tuple[int, int]],
+    spatial_shapes: Tensor | Sequence[tuple[int, int]],
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
@@ -113,10 +113,11 @@ def _fake_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradient metadata: the shapes and dtypes of value, sampling_locations and attention_weights,
     or an empty [0] tensor for a gradient that output_mask does not ask for."""
-    return tuple(
+    grad_value, grad_locations, grad_weights = (
         t.new_empty(t.shape if wanted else (0,))
         for t, wanted in zip((value, sampling_locations, attention_weights), output_mask)
     )
+    return grad_value, grad_locations, grad_weights
 
 
 def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:

@@ -100,14 +100,14 @@ class Conv2d(nn.Conv2d):
         return inference_weights(self, sources, dtype if not fold else (dtype, norm.eps), make)
 
 
-def c2_msra_fill(module: nn.Module) -> None:
+def c2_msra_fill(module: nn.Conv2d | nn.Linear) -> None:
     """He (fan-out) init for conv weights and zero bias, as Caffe2/Detectron2 ResNets use."""
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     if module.bias is not None:
         nn.init.zeros_(module.bias)
 
 
-def c2_xavier_fill(module: nn.Module) -> None:
+def c2_xavier_fill(module: nn.Conv2d | nn.Linear) -> None:
     """Xavier-uniform (a=1) init for conv weights and zero bias, as Detectron2's FPN uses."""
     nn.init.kaiming_uniform_(module.weight, a=1)
     if module.bias is not None:

@@ -1,4 +1,5 @@
-"""Model building: registries and `build_model(cfg)`.
+"""Model building: registries, `build_model(cfg)`, and the components models built on
+Mask2Former reuse (listed in docs/EXTENDING.md; the names in `__all__` are the stable import paths).
 
 Importing this package registers the builtin components (ResNet and Swin backbones, the
 MSDeformAttn pixel decoder, the masked-attention Transformer decoder, MaskFormerHead, MaskFormer).
@@ -6,14 +7,27 @@ MSDeformAttn pixel decoder, the masked-attention Transformer decoder, MaskFormer
 
 import torch
 
-from . import backbone, head, meta_arch, pixel_decoder, transformer_decoder  # noqa: F401  (registration)
+from ..config import CfgNode
+from .backbone import Backbone, D2SwinTransformer, ResNet, build_resnet_backbone
+from .criterion import SetCriterion, build_criterion, dice_loss, sigmoid_ce_loss
+from .head import MaskFormerHead, build_maskformer_head
+from .matcher import HungarianMatcher
+from .meta_arch import MaskFormer, build_maskformer
+from .pixel_decoder import MSDeformAttn, MSDeformAttnPixelDecoder, build_msdeformattn_pixel_decoder
+from .point_sampling import (
+    calculate_uncertainty,
+    get_uncertain_point_coords_with_randomness,
+    point_sample,
+)
 from .registry import (
     BACKBONE_REGISTRY,
     META_ARCH_REGISTRY,
     PIXEL_DECODER_REGISTRY,
     SEM_SEG_HEADS_REGISTRY,
     TRANSFORMER_DECODER_REGISTRY,
+    Registry,
 )
+from .transformer_decoder import MultiScaleMaskedTransformerDecoder, build_masked_transformer_decoder
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_model(cfg) -> torch.nn.Module:
+def build_model(cfg: CfgNode) -> torch.nn.Module:
     """The model named by MODEL.META_ARCHITECTURE, with random weights, on MODEL.DEVICE.
     Load weights with `mask2former.checkpoint.load_weights(model, cfg.MODEL.WEIGHTS)`."""
     from ..config.key_support import check_supported
@@ -47,6 +61,28 @@ __all__ = [
     "PIXEL_DECODER_REGISTRY",
     "SEM_SEG_HEADS_REGISTRY",
     "TRANSFORMER_DECODER_REGISTRY",
+    "Backbone",
+    "D2SwinTransformer",
+    "HungarianMatcher",
+    "MSDeformAttn",
+    "MSDeformAttnPixelDecoder",
+    "MaskFormer",
+    "MaskFormerHead",
+    "MultiScaleMaskedTransformerDecoder",
+    "Registry",
+    "ResNet",
+    "SetCriterion",
+    "build_criterion",
+    "build_masked_transformer_decoder",
+    "build_maskformer",
+    "build_maskformer_head",
     "build_model",
+    "build_msdeformattn_pixel_decoder",
+    "build_resnet_backbone",
+    "calculate_uncertainty",
+    "dice_loss",
+    "get_uncertain_point_coords_with_randomness",
+    "point_sample",
     "resolve_device",
+    "sigmoid_ce_loss",
 ]

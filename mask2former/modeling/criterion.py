@@ -21,11 +21,14 @@ Returned losses are already multiplied by their weights; auxiliary output i gets
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CfgNode
 from .matcher import HungarianMatcher
 from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
@@ -81,6 +84,7 @@ class SetCriterion(nn.Module):
     """Mask2Former's training loss (see the module docstring)."""
 
     _LOSS_KEYS = {"labels": ("loss_ce",), "masks": ("loss_mask", "loss_dice")}
+    empty_weight: Tensor  # buffer [K+1]
 
     def __init__(
         self,
@@ -129,6 +133,36 @@ class SetCriterion(nn.Module):
         empty_weight = torch.ones(num_classes + 1)  # [K+1]
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        """The constructor's keyword arguments from a config: the only reader of the loss keys of
+        `MODEL.MASK_FORMER`.
+
+        Reads MODEL.MASK_FORMER.{CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT,
+        DEEP_SUPERVISION, DEC_LAYERS, TRAIN_NUM_POINTS, OVERSAMPLE_RATIO, IMPORTANCE_SAMPLE_RATIO} and
+        MODEL.SEM_SEG_HEAD.NUM_CLASSES; the matcher is `HungarianMatcher.from_config(cfg)`. With deep
+        supervision, DEC_LAYERS - 1 auxiliary outputs are supervised (aux 0 is the prediction from the
+        learnable queries), with the final output's weights.
+        """
+        mf = cfg.MODEL.MASK_FORMER
+        if mf.DEC_LAYERS < 1:
+            raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {mf.DEC_LAYERS}")
+        weight_dict = {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
+        if mf.DEEP_SUPERVISION:
+            base = dict(weight_dict)
+            for i in range(mf.DEC_LAYERS - 1):
+                weight_dict.update({f"{key}_{i}": value for key, value in base.items()})
+        return {
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "matcher": HungarianMatcher(**HungarianMatcher.from_config(cfg)),
+            "weight_dict": weight_dict,
+            "eos_coef": mf.NO_OBJECT_WEIGHT,
+            "losses": ["labels", "masks"],
+            "num_points": mf.TRAIN_NUM_POINTS,
+            "oversample_ratio": mf.OVERSAMPLE_RATIO,
+            "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
+        }
 
     def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Weighted losses of the final and auxiliary outputs.
@@ -278,35 +312,6 @@ class SetCriterion(nn.Module):
         )
 
 
-def build_criterion(cfg) -> SetCriterion:
-    """The criterion of a config: the only reader of the loss keys of `MODEL.MASK_FORMER`.
-
-    Reads MODEL.MASK_FORMER.{CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT,
-    DEEP_SUPERVISION, DEC_LAYERS, TRAIN_NUM_POINTS, OVERSAMPLE_RATIO, IMPORTANCE_SAMPLE_RATIO} and
-    MODEL.SEM_SEG_HEAD.NUM_CLASSES. With deep supervision, DEC_LAYERS - 1 auxiliary outputs are
-    supervised (aux 0 is the prediction from the learnable queries), with the final output's weights.
-    """
-    mf = cfg.MODEL.MASK_FORMER
-    if mf.DEC_LAYERS < 1:
-        raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {mf.DEC_LAYERS}")
-    matcher = HungarianMatcher(
-        cost_class=mf.CLASS_WEIGHT,
-        cost_mask=mf.MASK_WEIGHT,
-        cost_dice=mf.DICE_WEIGHT,
-        num_points=mf.TRAIN_NUM_POINTS,
-    )
-    weight_dict = {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
-    if mf.DEEP_SUPERVISION:
-        base = dict(weight_dict)
-        for i in range(mf.DEC_LAYERS - 1):
-            weight_dict.update({f"{key}_{i}": value for key, value in base.items()})
-    return SetCriterion(
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        matcher=matcher,
-        weight_dict=weight_dict,
-        eos_coef=mf.NO_OBJECT_WEIGHT,
-        losses=["labels", "masks"],
-        num_points=mf.TRAIN_NUM_POINTS,
-        oversample_ratio=mf.OVERSAMPLE_RATIO,
-        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
-    )
+def build_criterion(cfg: CfgNode) -> SetCriterion:
+    """The criterion of a config (see `SetCriterion.from_config`)."""
+    return SetCriterion(**SetCriterion.from_config(cfg))

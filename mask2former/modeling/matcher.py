@@ -16,10 +16,13 @@ them. A non-finite cost (NaN or +-inf, e.g. from a diverged prediction) is repla
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CfgNode
 from . import point_sampling
 from .point_sampling import point_sample
 
@@ -83,6 +86,18 @@ class HungarianMatcher(nn.Module):
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
         self.num_points = num_points
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        """The constructor's keyword arguments from MODEL.MASK_FORMER.{CLASS_WEIGHT, MASK_WEIGHT,
+        DICE_WEIGHT, TRAIN_NUM_POINTS}."""
+        mf = cfg.MODEL.MASK_FORMER
+        return {
+            "cost_class": mf.CLASS_WEIGHT,
+            "cost_mask": mf.MASK_WEIGHT,
+            "cost_dice": mf.DICE_WEIGHT,
+            "num_points": mf.TRAIN_NUM_POINTS,
+        }
 
     def cost_matrix(self, logits: Tensor, masks: Tensor, tgt_labels: Tensor, tgt_masks: Tensor) -> Tensor:
         """Matching cost of one image, fp32 and finite, on the predictions' device.

@@ -4,11 +4,13 @@ training or semantic / panoptic / instance results at inference."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CfgNode
 from ..inference.postprocessing import (
     instance_inference,
     panoptic_inference,
@@ -31,6 +33,9 @@ class MaskFormer(nn.Module):
     Output at inference: one dict per image with `"sem_seg"` [K, H, W], `"panoptic_seg"`
     (ids int32 [H, W], segments_info) and `"instances"`, as switched on.
     """
+
+    pixel_mean: Tensor  # buffers [3, 1, 1]
+    pixel_std: Tensor
 
     def __init__(
         self,
@@ -74,6 +79,47 @@ class MaskFormer(nn.Module):
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
         self.inference_dtype = inference_dtype
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        """The constructor's keyword arguments from a config: backbone by MODEL.BACKBONE.NAME, head
+        by MODEL.SEM_SEG_HEAD.NAME, the criterion, and the MODEL.MASK_FORMER.TEST switches. A
+        subclass adds its own arguments to the returned dict (see docs/EXTENDING.md)."""
+        from .criterion import build_criterion
+
+        backbone = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(
+            cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
+        )
+        head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, backbone.output_shape())
+        test = cfg.MODEL.MASK_FORMER.TEST
+        _check_tasks_fit_dataset(cfg)
+        thing_mask = _thing_classes_mask(cfg) if (test.PANOPTIC_ON or test.INSTANCE_ON) else None
+        if test.PANOPTIC_ON and thing_mask is None:
+            raise ValueError(
+                "MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs metadata with thing_dataset_id_to_contiguous_id for "
+                f"DATASETS.TRAIN[0] ({cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else 'DATASETS.TRAIN is empty'}); "
+                "register the dataset (register_coco_panoptic / register_coco_instances set it when called; "
+                "see README, custom datasets) before building the model"
+            )
+        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
+            raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
+        return {
+            "backbone": backbone,
+            "sem_seg_head": head,
+            "criterion": build_criterion(cfg),
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "thing_classes_mask": thing_mask,
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            "semantic_on": test.SEMANTIC_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "inference_dtype": _inference_dtype(cfg),
+        }
 
     @property
     def device(self) -> torch.device:
@@ -133,7 +179,7 @@ class MaskFormer(nn.Module):
             mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
         ):
             height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
-            r = {}
+            r: dict[str, Any] = {}
             if self.sem_seg_postprocess_before_inference:
                 mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
             binary = mask_pred > 0 if self.instance_on else None  # [Q, H, W], before the in-place sigmoid
@@ -164,7 +210,7 @@ class MaskFormer(nn.Module):
         return results
 
 
-def _check_tasks_fit_dataset(cfg) -> None:
+def _check_tasks_fit_dataset(cfg: CfgNode) -> None:
     """An instance-only training set (COCO instances JSON: thing classes, no stuff classes) has no
     stuff or semantic ground truth: panoptic and semantic outputs still run (every class is a thing,
     as in the original's ADE20K instance configs), and one warning names the keys that skip them."""
@@ -186,7 +232,7 @@ def _check_tasks_fit_dataset(cfg) -> None:
         )
 
 
-def _thing_classes_mask(cfg) -> Tensor | None:
+def _thing_classes_mask(cfg: CfgNode) -> Tensor | None:
     """bool [K]: which contiguous class ids are things, from the training set's metadata."""
     from ..data import MetadataCatalog
 
@@ -208,47 +254,12 @@ def _thing_classes_mask(cfg) -> Tensor | None:
 
 
 @META_ARCH_REGISTRY.register("MaskFormer")
-def build_maskformer(cfg) -> MaskFormer:
-    """MaskFormer from the config: backbone by MODEL.BACKBONE.NAME, head by MODEL.SEM_SEG_HEAD.NAME,
-    the criterion, and the MODEL.MASK_FORMER.TEST switches."""
-    from .criterion import build_criterion
-
-    backbone = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(
-        cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
-    )
-    head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, backbone.output_shape())
-    test = cfg.MODEL.MASK_FORMER.TEST
-    _check_tasks_fit_dataset(cfg)
-    thing_mask = _thing_classes_mask(cfg) if (test.PANOPTIC_ON or test.INSTANCE_ON) else None
-    if test.PANOPTIC_ON and thing_mask is None:
-        raise ValueError(
-            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs metadata with thing_dataset_id_to_contiguous_id for "
-            f"DATASETS.TRAIN[0] ({cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else 'DATASETS.TRAIN is empty'}); "
-            "register the dataset (register_coco_panoptic / register_coco_instances set it when called; "
-            "see README, custom datasets) before building the model"
-        )
-    if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
-        raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
-    return MaskFormer(
-        backbone=backbone,
-        sem_seg_head=head,
-        criterion=build_criterion(cfg),
-        object_mask_threshold=test.OBJECT_MASK_THRESHOLD,
-        overlap_threshold=test.OVERLAP_THRESHOLD,
-        thing_classes_mask=thing_mask,
-        size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
-        sem_seg_postprocess_before_inference=test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
-        pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN),
-        pixel_std=tuple(cfg.MODEL.PIXEL_STD),
-        semantic_on=test.SEMANTIC_ON,
-        panoptic_on=test.PANOPTIC_ON,
-        instance_on=test.INSTANCE_ON,
-        test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-        inference_dtype=_inference_dtype(cfg),
-    )
+def build_maskformer(cfg: CfgNode) -> MaskFormer:
+    """MaskFormer from the config (see `MaskFormer.from_config`)."""
+    return MaskFormer(**MaskFormer.from_config(cfg))
 
 
-def _inference_dtype(cfg) -> torch.dtype:
+def _inference_dtype(cfg: CfgNode) -> torch.dtype:
     """MODEL.INFERENCE_DTYPE on MODEL.DEVICE (float16 on a CPU runs in bfloat16, with one warning)."""
     from ..utils.precision import autocast_dtype
 

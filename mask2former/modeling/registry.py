@@ -29,28 +29,30 @@ class Registry(_FvRegistry):
         return obj
 
 
-META_ARCH_REGISTRY = Registry("META_ARCH")
-META_ARCH_REGISTRY.__doc__ = "Whole models, chosen by MODEL.META_ARCHITECTURE; called as obj(cfg)."
+def _registry(name: str, doc: str) -> Registry:
+    registry = Registry(name)
+    registry.__doc__ = doc
+    return registry
 
-BACKBONE_REGISTRY = Registry("BACKBONE")
-BACKBONE_REGISTRY.__doc__ = (
+
+META_ARCH_REGISTRY = _registry(
+    "META_ARCH", "Whole models, chosen by MODEL.META_ARCHITECTURE; called as obj(cfg)."
+)
+BACKBONE_REGISTRY = _registry(
+    "BACKBONE",
     "Backbones, chosen by MODEL.BACKBONE.NAME; called as obj(cfg, input_shape) and returning a "
-    "Backbone (an nn.Module with output_shape() -> dict[str, ShapeSpec])."
+    "Backbone (an nn.Module with output_shape() -> dict[str, ShapeSpec]).",
 )
-
-SEM_SEG_HEADS_REGISTRY = Registry("SEM_SEG_HEADS")
-SEM_SEG_HEADS_REGISTRY.__doc__ = (
-    "Segmentation heads, chosen by MODEL.SEM_SEG_HEAD.NAME; called as obj(cfg, input_shape)."
+SEM_SEG_HEADS_REGISTRY = _registry(
+    "SEM_SEG_HEADS", "Segmentation heads, chosen by MODEL.SEM_SEG_HEAD.NAME; called as obj(cfg, input_shape)."
 )
-
-PIXEL_DECODER_REGISTRY = Registry("PIXEL_DECODER")
-PIXEL_DECODER_REGISTRY.__doc__ = (
+PIXEL_DECODER_REGISTRY = _registry(
+    "PIXEL_DECODER",
     "Pixel decoders, chosen by MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME; called as obj(cfg, input_shape) "
-    "with the backbone's output shapes."
+    "with the backbone's output shapes.",
 )
-
-TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
-TRANSFORMER_DECODER_REGISTRY.__doc__ = (
+TRANSFORMER_DECODER_REGISTRY = _registry(
+    "TRANSFORMER_MODULE",
     "Transformer decoders, chosen by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME; called as "
-    "obj(cfg, in_channels, mask_classification)."
+    "obj(cfg, in_channels, mask_classification).",
 )

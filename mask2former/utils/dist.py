@@ -13,6 +13,7 @@ buffers through the current CUDA device the same way (PyTorch does it for them).
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -70,7 +71,7 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
         ranks = list(range(m * num_workers_per_machine, (m + 1) * num_workers_per_machine))
         group = dist.new_group(ranks)
         if m == machine:
-            _LOCAL_PROCESS_GROUP = group
+            _LOCAL_PROCESS_GROUP = cast(dist.ProcessGroup, group)  # this rank is a member
 
 
 def collective_device() -> torch.device:
@@ -91,7 +92,7 @@ def synchronize() -> None:
         dist.barrier()
 
 
-def all_gather(data: object) -> list[object]:
+def all_gather(data: Any) -> list[Any]:
     """Gather a picklable object from every rank; returns the list ordered by rank."""
     world_size = get_world_size()
     if world_size == 1:
@@ -101,7 +102,7 @@ def all_gather(data: object) -> list[object]:
     return out
 
 
-def broadcast_object(data: object, src: int = 0) -> object:
+def broadcast_object(data: Any, src: int = 0) -> Any:
     """Rank `src`'s object, on every rank."""
     if get_world_size() == 1:
         return data

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -397,10 +398,9 @@ class DumpWeights(HookBase):
     """After training, writes each rank's weights to OUTPUT_DIR/weights_rank<r>.pt."""
 
     def after_train(self) -> None:
-        state = {k: v.detach().cpu() for k, v in self.trainer.checkpointer.model.state_dict().items()}
-        torch.save(
-            state, os.path.join(self.trainer.cfg.OUTPUT_DIR, f"weights_rank{dist_utils.get_rank()}.pt")
-        )
+        trainer = cast(Trainer, self.trainer)
+        state = {k: v.detach().cpu() for k, v in trainer.checkpointer.model.state_dict().items()}
+        torch.save(state, os.path.join(trainer.cfg.OUTPUT_DIR, f"weights_rank{dist_utils.get_rank()}.pt"))
 
 
 class KillAtIteration(HookBase):

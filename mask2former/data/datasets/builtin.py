@@ -229,16 +229,16 @@ def _root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
+def _load_prepared(root: str, prepared: Prepared, load: Callable[[], list[dict]]) -> list[dict]:
+    require_path(os.path.join(root, prepared.path), prepared.what, f"Run {prepared.script}.")
+    return load()
+
+
 def _register(
     root: str, name: str, load: Callable[[], list[dict]], metadata: dict, prepared: Prepared | None = None
 ) -> None:
     """Register `load` (checking first that the `prepared` file exists) and the metadata."""
-
-    def load_prepared() -> list[dict]:
-        require_path(os.path.join(root, prepared.path), prepared.what, f"Run {prepared.script}.")
-        return load()
-
-    DatasetCatalog.register(name, load if prepared is None else load_prepared)
+    DatasetCatalog.register(name, load if prepared is None else partial(_load_prepared, root, prepared, load))
     MetadataCatalog.get(name).set(**metadata)
 
 

@@ -272,7 +272,9 @@ def generate_split(root: str, split: str, num_images: int, seed: int, cfg: Scene
         os.makedirs(paths[key], exist_ok=True)
     os.makedirs(os.path.dirname(paths["panoptic_json"]), exist_ok=True)
     rng = np.random.default_rng(seed)
-    images, pan_anns, inst_anns = [], [], []
+    images: list[dict] = []
+    pan_anns: list[dict] = []
+    inst_anns: list[dict] = []
     for image_id in range(1, num_images + 1):
         stem = f"shapes_{split}_{image_id:05d}"
         image, segments = generate_scene(cfg, rng)

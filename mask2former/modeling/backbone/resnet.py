@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...layers import Conv2d, ShapeSpec, c2_msra_fill, get_norm
+from ...config import CfgNode
+from ...layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, c2_msra_fill, get_norm
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
 
@@ -124,13 +125,18 @@ class BottleneckBlock(nn.Module):
         return F.relu_(out)
 
 
+Block = BasicBlock | BottleneckBlock
+
+
 def _freeze(module: nn.Module) -> None:
     """Stop gradients and turn BatchNorm layers into FrozenBatchNorm2d (in place)."""
     for p in module.parameters():
         p.requires_grad_(False)
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d | nn.SyncBatchNorm):
-            frozen = get_norm("FrozenBN", child.num_features)
+            if child.running_mean is None or child.running_var is None:
+                raise ValueError(f"cannot freeze {name}: a BatchNorm without running statistics")
+            frozen = FrozenBatchNorm2d(child.num_features)
             frozen.weight.copy_(child.weight.detach())
             frozen.bias.copy_(child.bias.detach())
             frozen.running_mean.copy_(child.running_mean)
@@ -190,18 +196,18 @@ class ResNet(Backbone):
         return outputs
 
 
-def _first_stride(block: nn.Module) -> int:
+def _first_stride(block: Block) -> int:
     convs = [block.conv1, block.conv2]
     return max(c.stride[0] for c in convs)
 
 
-def _out_channels(block: nn.Module) -> int:
-    last = block.conv3 if hasattr(block, "conv3") else block.conv2
+def _out_channels(block: Block) -> int:
+    last = block.conv3 if isinstance(block, BottleneckBlock) else block.conv2
     return last.out_channels
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
+def build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     """ResNet from `MODEL.RESNETS.*` and `MODEL.BACKBONE.FREEZE_AT`. STEM_TYPE "basic" is the
     7x7 stem of torchvision / Detectron2, "deeplab" the three-3x3 stem of Detectron2's DeepLab;
     RES4_DILATION 2 (with RES5_DILATION 4) or RES5_DILATION 2 trade stride for dilation, and
@@ -244,11 +250,11 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     )
     in_ch, out_ch = r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS
     bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP
-    stages = []
+    stages: list[list[Block]] = []
     for stage_idx, num_blocks in zip(range(2, last_stage + 1), _BLOCKS_PER_STAGE[depth]):
         dilation = {4: r.RES4_DILATION, 5: r.RES5_DILATION}.get(stage_idx, 1)
         first_stride = 1 if stage_idx == 2 or dilation > 1 else 2
-        blocks = []
+        blocks: list[Block] = []
         for i in range(num_blocks):
             stride = first_stride if i == 0 else 1
             block_dilation = dilation * multi_grid[i] if stage_idx == 5 else dilation

@@ -1,3 +1,3 @@
-from .msdeformattn import MSDeformAttnPixelDecoder, build_msdeformattn_pixel_decoder
+from .msdeformattn import MSDeformAttn, MSDeformAttnPixelDecoder, build_msdeformattn_pixel_decoder
 
-__all__ = ["MSDeformAttnPixelDecoder", "build_msdeformattn_pixel_decoder"]
+__all__ = ["MSDeformAttn", "MSDeformAttnPixelDecoder", "build_msdeformattn_pixel_decoder"]

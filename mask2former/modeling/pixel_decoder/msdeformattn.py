@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import CfgNode
 from ...layers import (
     Conv2d,
     Linear,
@@ -255,6 +257,32 @@ class MSDeformAttnPixelDecoder(nn.Module):
             self.lateral_convs.append(lateral)
             self.output_convs.append(output)
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+        """The constructor's keyword arguments from MODEL.SEM_SEG_HEAD.{IN_FEATURES, CONVS_DIM,
+        MASK_DIM, NORM, TRANSFORMER_ENC_LAYERS, DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
+        DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS, COMMON_STRIDE} and MODEL.MASK_FORMER.{DROPOUT, NHEADS}.
+        As in the original, the encoder uses MASK_FORMER.NHEADS heads and a feed-forward width of 1024."""
+        head = cfg.MODEL.SEM_SEG_HEAD
+        missing = [f for f in head.IN_FEATURES if f not in input_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not backbone outputs ({list(input_shape)})"
+            )
+        return {
+            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            "conv_dim": head.CONVS_DIM,
+            "mask_dim": head.MASK_DIM,
+            "norm": head.NORM,
+            "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
+            "transformer_nheads": cfg.MODEL.MASK_FORMER.NHEADS,
+            "transformer_dim_feedforward": 1024,
+            "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
+            "transformer_in_features": list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
+            "transformer_n_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
+            "common_stride": head.COMMON_STRIDE,
+        }
+
     def forward_features(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
         """features {name: [B, C_name, H, W]} -> (mask features, encoder output at the coarsest
         level, multi-scale features coarse to fine)"""
@@ -275,27 +303,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
 
 @PIXEL_DECODER_REGISTRY.register("MSDeformAttnPixelDecoder")
-def build_msdeformattn_pixel_decoder(cfg, input_shape: dict[str, ShapeSpec]) -> MSDeformAttnPixelDecoder:
-    """Reads MODEL.SEM_SEG_HEAD.{IN_FEATURES, CONVS_DIM, MASK_DIM, NORM, TRANSFORMER_ENC_LAYERS,
-    DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES, DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
-    COMMON_STRIDE} and MODEL.MASK_FORMER.{DROPOUT, NHEADS}. As in the original, the encoder uses
-    MASK_FORMER.NHEADS heads and a feed-forward width of 1024."""
-    head = cfg.MODEL.SEM_SEG_HEAD
-    missing = [f for f in head.IN_FEATURES if f not in input_shape]
-    if missing:
-        raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not backbone outputs ({list(input_shape)})"
-        )
-    return MSDeformAttnPixelDecoder(
-        {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
-        conv_dim=head.CONVS_DIM,
-        mask_dim=head.MASK_DIM,
-        norm=head.NORM,
-        transformer_dropout=cfg.MODEL.MASK_FORMER.DROPOUT,
-        transformer_nheads=cfg.MODEL.MASK_FORMER.NHEADS,
-        transformer_dim_feedforward=1024,
-        transformer_enc_layers=head.TRANSFORMER_ENC_LAYERS,
-        transformer_in_features=list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
-        transformer_n_points=head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
-        common_stride=head.COMMON_STRIDE,
-    )
+def build_msdeformattn_pixel_decoder(
+    cfg: CfgNode, input_shape: dict[str, ShapeSpec]
+) -> MSDeformAttnPixelDecoder:
+    """MSDeformAttnPixelDecoder from the config (see `MSDeformAttnPixelDecoder.from_config`)."""
+    return MSDeformAttnPixelDecoder(**MSDeformAttnPixelDecoder.from_config(cfg, input_shape))

@@ -11,10 +11,13 @@ H, W mask-feature size (1/4 of the padded image).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import CfgNode
 from ...layers import Linear, PositionEmbeddingSine, c2_xavier_fill, linear
 from ..registry import TRANSFORMER_DECODER_REGISTRY
 
@@ -172,6 +175,27 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode, in_channels: int, mask_classification: bool = True) -> dict[str, Any]:
+        """The constructor's keyword arguments from MODEL.MASK_FORMER.{HIDDEN_DIM, NUM_OBJECT_QUERIES,
+        NHEADS, DIM_FEEDFORWARD, DEC_LAYERS, PRE_NORM, ENFORCE_INPUT_PROJ, DEEP_SUPERVISION} and
+        MODEL.SEM_SEG_HEAD.{NUM_CLASSES, MASK_DIM}."""
+        mf = cfg.MODEL.MASK_FORMER
+        return {
+            "in_channels": in_channels,
+            "mask_classification": mask_classification,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "hidden_dim": mf.HIDDEN_DIM,
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "nheads": mf.NHEADS,
+            "dim_feedforward": mf.DIM_FEEDFORWARD,
+            "dec_layers": mf.DEC_LAYERS,
+            "pre_norm": mf.PRE_NORM,
+            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+            "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
+            "deep_supervision": mf.DEEP_SUPERVISION,
+        }
+
     def forward(
         self, x: list[Tensor], mask_features: Tensor, *, deep_supervision: bool | None = None
     ) -> dict:
@@ -242,22 +266,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
 @TRANSFORMER_DECODER_REGISTRY.register("MultiScaleMaskedTransformerDecoder")
 def build_masked_transformer_decoder(
-    cfg, in_channels: int, mask_classification: bool = True
+    cfg: CfgNode, in_channels: int, mask_classification: bool = True
 ) -> MultiScaleMaskedTransformerDecoder:
-    """Reads MODEL.MASK_FORMER.{HIDDEN_DIM, NUM_OBJECT_QUERIES, NHEADS, DIM_FEEDFORWARD, DEC_LAYERS,
-    PRE_NORM, ENFORCE_INPUT_PROJ, DEEP_SUPERVISION}, MODEL.SEM_SEG_HEAD.{NUM_CLASSES, MASK_DIM}."""
-    mf = cfg.MODEL.MASK_FORMER
+    """MultiScaleMaskedTransformerDecoder from the config (see its `from_config`)."""
     return MultiScaleMaskedTransformerDecoder(
-        in_channels,
-        mask_classification,
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        hidden_dim=mf.HIDDEN_DIM,
-        num_queries=mf.NUM_OBJECT_QUERIES,
-        nheads=mf.NHEADS,
-        dim_feedforward=mf.DIM_FEEDFORWARD,
-        dec_layers=mf.DEC_LAYERS,
-        pre_norm=mf.PRE_NORM,
-        mask_dim=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-        enforce_input_project=mf.ENFORCE_INPUT_PROJ,
-        deep_supervision=mf.DEEP_SUPERVISION,
+        **MultiScaleMaskedTransformerDecoder.from_config(cfg, in_channels, mask_classification)
     )
