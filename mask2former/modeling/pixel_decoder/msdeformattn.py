@@ -218,7 +218,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.num_multi_scale_outputs = num_multi_scale_outputs
         self.input_proj = nn.ModuleList()
         for f in self.transformer_in_features:
-            conv = nn.Conv2d(input_shape[f].channels, conv_dim, kernel_size=1)
+            conv = Conv2d(input_shape[f].channels, conv_dim, kernel_size=1)  # parameters named as nn.Conv2d's
             nn.init.xavier_uniform_(conv.weight, gain=1)
             nn.init.zeros_(conv.bias)
             self.input_proj.append(nn.Sequential(conv, nn.GroupNorm(32, conv_dim)))
@@ -233,7 +233,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_dim = mask_dim
-        self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
+        self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1)
         c2_xavier_fill(self.mask_features)
         # FPN levels below the encoder's finest input, down to common_stride.
         min_enc_stride = min(s.stride for _, s in enc_shapes)
