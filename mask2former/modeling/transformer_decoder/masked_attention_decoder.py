@@ -25,7 +25,8 @@ def multi_head_attention(
 ) -> Tensor:
     """What `mha(query, key, value, attn_mask=attn_mask, need_weights=False)[0]` computes, with the
     projections through `linear` (oneDNN in float32 CPU inference) and one SDPA call.
-    query [Lq, B, C], key/value [Lk, B, C], attn_mask bool [B*M, Lq, Lk] (True = blocked) -> [Lq, B, C]"""
+    query [Lq, B, C], key/value [Lk, B, C], attn_mask bool [B, 1, Lq, Lk] (True = blocked; the same
+    for every head, which SDPA on the CPU runs ~10x faster than a mask repeated per head) -> [Lq, B, C]"""
     lq, b, c = query.shape
     lk, m = key.shape[0], mha.num_heads
     in_w, in_b, out_w, out_b = _projection_weights(mha, query)
@@ -36,7 +37,7 @@ def multi_head_attention(
     q = linear(query, w_q, b_q).view(lq, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lq, D]
     k = linear(key, w_k, b_k).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
     v = linear(value, w_v, b_v).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
-    allowed = None if attn_mask is None else ~attn_mask.view(b, m, lq, lk)
+    allowed = None if attn_mask is None else ~attn_mask  # [B, 1, Lq, Lk]
     dropout = mha.dropout if mha.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)  # [B, M, Lq, D]
     return linear(out.permute(2, 0, 1, 3).reshape(lq, b, c), out_w, out_b)
@@ -84,7 +85,7 @@ class CrossAttentionLayer(nn.Module):
     def forward(
         self, tgt: Tensor, memory: Tensor, attn_mask: Tensor | None, pos: Tensor, query_pos: Tensor
     ) -> Tensor:
-        """tgt [Q, B, C], memory/pos [HW, B, C], attn_mask bool [B*M, Q, HW] (True = blocked)"""
+        """tgt [Q, B, C], memory/pos [HW, B, C], attn_mask bool [B, 1, Q, HW] (True = blocked)"""
         x = self.norm(tgt) if self.normalize_before else tgt
         attn = multi_head_attention(self.multihead_attn, x + query_pos, memory + pos, memory, attn_mask)
         out = tgt + self.dropout(attn)
@@ -244,11 +245,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         return out
 
     def attention_mask(self, mask_logits: Tensor) -> Tensor:
-        """Mask logits [B, Q, h, w] at the next layer's scale -> bool [B*M, Q, h*w], True where
+        """Mask logits [B, Q, h, w] at the next layer's scale -> bool [B, 1, Q, h*w], True where
         the query may not attend (mask probability < 0.5)."""
         blocked = (mask_logits.flatten(2).sigmoid() < 0.5).detach()  # [B, Q, hw]
         blocked &= ~blocked.all(-1, keepdim=True)  # a query that sees nothing sees everything
-        return blocked.repeat_interleave(self.num_heads, dim=0)
+        return blocked[:, None]  # [B, 1, Q, hw]: one mask for all heads
 
 
 @TRANSFORMER_DECODER_REGISTRY.register("MultiScaleMaskedTransformerDecoder")
