@@ -1,11 +1,12 @@
-"""Linear layers that run on oneDNN in float32 CPU inference.
+"""Linear layers that run on oneDNN in float32 and bfloat16 CPU inference.
 
 PyTorch sends float32 `F.linear` on the CPU to MKL's sgemm, which on some CPUs (AMD's, where MKL
 takes a generic code path) runs at less than half the speed of oneDNN's kernels, and adds the bias
 in a separate pass. `linear` calls oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, the op
 PyTorch's own compiler uses for CPU linears) with the bias and an optional ReLU fused, where nothing
-else needs `F.linear`: float32 CPU tensors, no gradient, no autocast (autocast already sends bfloat16
-linears to oneDNN), not while tracing or exporting (those record the portable `aten::linear`) and not
+else needs `F.linear`: CPU tensors in float32 without autocast, or input and weight both in bfloat16
+(as `Linear` passes them under bfloat16 autocast: the fused ReLU saves a pass that `F.linear` then
+`relu` make), no gradient, not while tracing or exporting (those record the portable `aten::linear`) and not
 under torch.compile (whose lowering of the oneDNN op wants the weights frozen into the graph).
 Results agree with `F.linear` to float32 rounding (a different summation order).
 """
@@ -24,14 +25,13 @@ _ACTIVATIONS = ("none", "relu")
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and preparing_weights_allowed()  # no gradient, tracing, exporting or compiling
-        and torch.backends.mkldnn.is_available()
-    )
+    if x.device.type != "cpu" or x.dtype != weight.dtype or not torch.backends.mkldnn.is_available():
+        return False
+    if x.dtype == torch.float32:
+        dtype_ok = not torch.is_autocast_enabled("cpu")  # else F.linear runs in the autocast dtype
+    else:
+        dtype_ok = x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype_ok and preparing_weights_allowed()  # no gradient, tracing, exporting or compiling
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
@@ -59,4 +59,5 @@ class Linear(nn.Linear):
                 dtype,
                 lambda: (self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype)),
             )
+            x = x.to(dtype)  # what autocast would do; lets `linear` take oneDNN's bfloat16 path
         return linear(x, weight, bias, activation)

@@ -57,16 +57,34 @@ class Conv2d(nn.Conv2d):
         if preparing_weights_allowed() and (fold or autocast):
             dtype = torch.get_autocast_dtype(x.device.type) if autocast else self.weight.dtype
             weight, bias = self._inference_weight_and_bias(dtype, fold)
-            x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            x = self._conv(x, weight, bias)
             if self.norm is not None and not fold:
                 x = self.norm(x)
         else:
-            x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            x = self._conv(x, self.weight, self.bias)
             if self.norm is not None:
                 x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """F.conv2d, or at CPU inference oneDNN's convolution called directly: for 1x1 kernels on one
+        thread PyTorch otherwise takes its slower im2col + GEMM path."""
+        if (
+            x.device.type == "cpu"
+            and x.dtype == weight.dtype
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and not torch.is_autocast_enabled("cpu")  # else weight and input may need autocast's cast
+            and preparing_weights_allowed()
+            and torch.backends.mkldnn.is_available()
+        ):
+            return torch.ops.aten.mkldnn_convolution(
+                x, weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
+            )
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def _has_fixed_batch_norm(self) -> bool:
         norm = self.norm

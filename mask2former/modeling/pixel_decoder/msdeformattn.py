@@ -80,14 +80,19 @@ class MSDeformAttn(nn.Module):
         b, q, _ = query.shape
         m, lv, p = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(value_in).view(b, value_in.shape[1], m, self.d_model // m)  # [B, S, M, D]
-        offsets = self.sampling_offsets(query).view(b, q, m, lv, p, 2)
-        weights = _short_row_softmax(self.attention_weights(query).view(b, q, m, lv * p)).view(b, q, m, lv, p)
-        normalizer = spatial_shapes.flip(-1).to(
-            offsets.device, offsets.dtype, non_blocking=True
-        )  # [L, 2] (W, H)
-        locations = (
-            reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        )
+        # Locations and weights at least in float32 (also under bfloat16 / float16 autocast): more exact,
+        # and on the CPU far faster than bfloat16 element-wise ops over these small, broadcast shapes.
+        offsets = self.sampling_offsets(query)
+        exact = torch.promote_types(offsets.dtype, torch.float32)
+        offsets = offsets.to(exact).view(b, q, m, lv * p * 2)
+        weights = _short_row_softmax(self.attention_weights(query).to(exact).view(b, q, m, lv * p))
+        # locations = reference + offset / (W_l, H_l), as one fused multiply-add over [B, Q, M, L*P*2]
+        inv_size = 1.0 / spatial_shapes.flip(-1).to(offsets.device, exact, non_blocking=True)  # [L, 2]
+        inv_size = inv_size[:, None, :].expand(lv, p, 2).reshape(lv * p * 2)
+        reference = reference_points.to(exact)[:, :, None, :, None, :].expand(b, q, 1, lv, p, 2)
+        locations = torch.addcmul(reference.reshape(b, q, 1, lv * p * 2), offsets, inv_size)
+        locations = locations.view(b, q, m, lv, p, 2)
+        weights = weights.view(b, q, m, lv, p)
         out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)  # [B, Q, C]
         return self.output_proj(out)
 
@@ -173,7 +178,8 @@ class MSDeformAttnEncoder(nn.Module):
         # On the CPU, where the op reads and checks them before launching (no device round trip).
         spatial_shapes = torch.tensor(shapes, dtype=torch.long)  # [L, 2]
         level_start_index = torch.tensor([0, *itertools.accumulate(h * w for h, w in shapes)][:-1])  # [L]
-        reference_points = self.reference_points(shapes, src.shape[0], src.device, src.dtype)
+        exact = torch.promote_types(src.dtype, torch.float32)  # float32 also under bfloat16 autocast
+        reference_points = self.reference_points(shapes, src.shape[0], src.device, exact)
         for layer in self.encoder.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
         return src, shapes
@@ -214,7 +220,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.num_multi_scale_outputs = num_multi_scale_outputs
         self.input_proj = nn.ModuleList()
         for f in self.transformer_in_features:
-            conv = nn.Conv2d(input_shape[f].channels, conv_dim, kernel_size=1)
+            conv = Conv2d(input_shape[f].channels, conv_dim, kernel_size=1)  # parameters named as nn.Conv2d's
             nn.init.xavier_uniform_(conv.weight, gain=1)
             nn.init.zeros_(conv.bias)
             self.input_proj.append(nn.Sequential(conv, nn.GroupNorm(32, conv_dim)))
@@ -229,7 +235,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_dim = mask_dim
-        self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
+        self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1)
         c2_xavier_fill(self.mask_features)
         # FPN levels below the encoder's finest input, down to common_stride.
         min_enc_stride = min(s.stride for _, s in enc_shapes)
