@@ -86,7 +86,8 @@ def test_two_trainings_in_one_output_dir(tmp_path: Path):
         first.communicate(timeout=60)
 
     short_cfg = write_cfg_yaml(tmp_path / "short.yaml", OUTPUT_DIR=out, **{"SOLVER.MAX_ITER": 8})
-    third = subprocess.run(train_net_command("--config-file", short_cfg, "--resume"), cwd=REPO,
+    # a fresh run (not --resume: the killed run's checkpoints may be past this MAX_ITER, which resuming refuses)
+    third = subprocess.run(train_net_command("--config-file", short_cfg), cwd=REPO,
                            capture_output=True, text=True, timeout=180)  # fmt: skip
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"from a training that no longer runs: pid {first.pid} on host" in third.stdout + third.stderr
