@@ -15,7 +15,7 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
     """Write `path` through `write(file)` so that readers see either the old file or the
     complete new one: temporary file in the same folder, flush + fsync, `os.replace`, then an
     fsync of the folder so the rename survives a power loss. Temporary files of `path` left by

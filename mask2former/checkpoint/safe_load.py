@@ -150,7 +150,7 @@ def _opcodes(data: bytes):
         code = stream.read(1)
         if not code:
             raise ValueError("pickle exhausted before seeing STOP")
-        op = pickletools.code2op.get(code.decode("latin-1"))
+        op = pickletools.code2op.get(code.decode("latin-1"))  # type: ignore[attr-defined]  # defined in CPython's pickletools, missing from its typeshed stub
         if op is None:
             raise ValueError(f"unknown opcode {code!r} at byte {stream.tell() - 1}")
         fmt = _LENGTH_PREFIXED.get(op.name)

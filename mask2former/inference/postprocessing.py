@@ -140,7 +140,7 @@ def instance_inference(
     order = scores.argsort(descending=True)
     queries = queries[order]
     return Instances(
-        tuple(binary.shape[-2:]),
+        (binary.shape[-2], binary.shape[-1]),
         pred_masks=binary[queries],
         pred_boxes=Boxes(boxes[queries]),
         scores=scores[order],

@@ -22,7 +22,10 @@ def preparing_weights_allowed() -> bool:
 
 
 def inference_weights(
-    module: nn.Module, sources: Sequence[Tensor | None], dtype: torch.dtype, make: Callable[[], tuple]
+    module: nn.Module,
+    sources: Sequence[Tensor | None],
+    dtype: torch.dtype | tuple[torch.dtype, float],
+    make: Callable[[], tuple],
 ) -> tuple:
     """`make()` (tensors derived from `sources` in `dtype`), cached on `module` until a source tensor is
     replaced or changed in place (its storage or version counter moves) or `dtype` changes."""

@@ -6,6 +6,7 @@ The norm is a child module named `norm`, so a conv's parameters are saved as `co
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,17 @@ def get_norm(norm: str, channels: int) -> nn.Module | None:
     if norm not in _NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(_NORMS)} or ''")
     return _NORMS[norm](channels)
+
+
+class _FixedBatchNorm(Protocol):
+    """What folding reads of a FrozenBatchNorm2d, or of a BatchNorm2d / SyncBatchNorm in eval mode
+    with running statistics."""
+
+    weight: Tensor | None
+    bias: Tensor | None
+    running_mean: Tensor
+    running_var: Tensor
+    eps: float
 
 
 class Conv2d(nn.Conv2d):
@@ -95,7 +107,7 @@ class Conv2d(nn.Conv2d):
         )
 
     def _inference_weight_and_bias(self, dtype: torch.dtype, fold: bool) -> tuple[Tensor, Tensor | None]:
-        norm = self.norm
+        norm = cast(_FixedBatchNorm, self.norm)  # read only when fold (_has_fixed_batch_norm() is true)
 
         def make() -> tuple[Tensor, Tensor | None]:
             if not fold:

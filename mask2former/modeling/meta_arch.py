@@ -4,7 +4,7 @@ training or semantic / panoptic / instance results at inference."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +201,7 @@ class MaskFormer(nn.Module):
             if self.instance_on:
                 r["instances"] = instance_inference(
                     mask_cls,
-                    binary,
+                    cast(Tensor, binary),  # set: instance_on
                     mask_probs,
                     max_detections=self.test_topk_per_image,
                     is_thing=self.thing_classes_mask if self.panoptic_on else None,

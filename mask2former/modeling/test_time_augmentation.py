@@ -17,6 +17,8 @@ Shape shorthand: Q queries, K classes, H, W output size.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
@@ -30,6 +32,9 @@ from ..inference.postprocessing import (
     sem_seg_postprocess,
 )
 
+if TYPE_CHECKING:
+    from .meta_arch import MaskFormer
+
 
 class MaskFormerWithTTA(nn.Module):
     """Wraps a `MaskFormer`: the same input and output format, results averaged over views.
@@ -38,7 +43,7 @@ class MaskFormerWithTTA(nn.Module):
     output "height", "width"). The image may already be resized (by the inference mapper); each
     view's size is computed from the output size, as Detectron2's `DatasetMapperTTA` does."""
 
-    def __init__(self, model: nn.Module, *, min_sizes: tuple[int, ...], max_size: int, flip: bool):
+    def __init__(self, model: MaskFormer, *, min_sizes: tuple[int, ...], max_size: int, flip: bool):
         super().__init__()
         if not min_sizes:
             raise ValueError("TEST.AUG.MIN_SIZES is empty: test-time augmentation needs at least one size")
@@ -68,7 +73,8 @@ class MaskFormerWithTTA(nn.Module):
         model = self.model
         out_hw = (x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))
         sem_seg = None
-        class_probs = mask_probs = None
+        class_probs: Tensor | None = None  # [Q, K+1], summed over the views
+        mask_probs: Tensor | None = None  # [Q, H, W], summed over the views
         views = self.views(x["image"], out_hw)
         for view, mirrored in views:
             inputs = [{"image": view, "height": out_hw[0], "width": out_hw[1]}]
@@ -89,7 +95,7 @@ class MaskFormerWithTTA(nn.Module):
         n = len(views)
         if sem_seg is not None:
             result["sem_seg"] = sem_seg / n
-        if class_probs is None:
+        if class_probs is None or mask_probs is None:  # both or neither are set
             return result
         class_probs, mask_probs = class_probs / n, mask_probs / n
         class_logits = class_probs.clamp_min(1e-12).log()  # softmax(log p) = p
@@ -112,7 +118,7 @@ class MaskFormerWithTTA(nn.Module):
         return result
 
 
-def query_predictions(model: nn.Module, inputs: list[dict]) -> tuple[Tensor, Tensor]:
+def query_predictions(model: MaskFormer, inputs: list[dict]) -> tuple[Tensor, Tensor]:
     """One image through `model` (a MaskFormer): class probabilities [Q, K+1] and mask
     probabilities [Q, H, W] at the output size ("height", "width"), in float32."""
     images = model.preprocess_image(inputs)
@@ -128,7 +134,7 @@ def query_predictions(model: nn.Module, inputs: list[dict]) -> tuple[Tensor, Ten
 
 
 @torch.no_grad()
-def query_agreement(model: nn.Module, tta: MaskFormerWithTTA, x: dict, score_threshold: float = 0.5) -> dict:
+def query_agreement(model: MaskFormer, tta: MaskFormerWithTTA, x: dict, score_threshold: float = 0.5) -> dict:
     """How well query q of the first view (the plain one when MIN_SIZES starts with the test
     size) predicts the same segment in the other views: over the queries whose best class is
     an object with probability > `score_threshold` in the first view, the mean IoU of their
@@ -170,7 +176,7 @@ def query_agreement(model: nn.Module, tta: MaskFormerWithTTA, x: dict, score_thr
     }
 
 
-def build_tta_model(cfg, model: nn.Module) -> MaskFormerWithTTA:
+def build_tta_model(cfg, model: MaskFormer) -> MaskFormerWithTTA:
     """`model` wrapped for TEST.AUG.{MIN_SIZES, MAX_SIZE, FLIP}."""
     aug = cfg.TEST.AUG
     return MaskFormerWithTTA(model, min_sizes=tuple(aug.MIN_SIZES), max_size=aug.MAX_SIZE, flip=aug.FLIP)

@@ -16,12 +16,15 @@ traceable: panoptic inference numbers segments on the host).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..modeling.meta_arch import MaskFormer
 
 __all__ = [
     "BackboneAndHead",
@@ -64,7 +67,7 @@ class BackboneAndHead(nn.Module):
     """The traced part of a MaskFormer: images [B, 3, H, W] -> (pred_logits [B, Q, K+1],
     pred_masks [B, Q, H/4, W/4]); submodule names are the model's (`backbone`, `sem_seg_head`)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: MaskFormer):
         super().__init__()
         self.backbone = model.backbone
         self.sem_seg_head = model.sem_seg_head
@@ -74,14 +77,14 @@ class BackboneAndHead(nn.Module):
         return out["pred_logits"], out["pred_masks"]
 
 
-def _padded_images(model: nn.Module, images: Iterable[Tensor]) -> Tensor:
+def _padded_images(model: MaskFormer, images: Iterable[Tensor]) -> Tensor:
     if model.training:
         raise ValueError("FLOP and activation analysis: put the model in eval mode first (model.eval())")
     with torch.no_grad():
         return model.preprocess_image([{"image": img} for img in images]).tensor
 
 
-def model_flop_analysis(model: nn.Module, images: Iterable[Tensor]) -> FlopCountAnalysis:
+def model_flop_analysis(model: MaskFormer, images: Iterable[Tensor]) -> FlopCountAnalysis:
     """fvcore's analysis of `model`'s backbone + head on `images` (uint8 [3, H, W] each, as the model
     takes them): `.total()`, `.by_module()`, `.by_operator()`, `.unsupported_ops()`.
 
@@ -95,7 +98,7 @@ def model_flop_analysis(model: nn.Module, images: Iterable[Tensor]) -> FlopCount
     return analysis
 
 
-def model_activation_analysis(model: nn.Module, images: Iterable[Tensor]) -> ActivationCountAnalysis:
+def model_activation_analysis(model: MaskFormer, images: Iterable[Tensor]) -> ActivationCountAnalysis:
     """fvcore's activation count (output elements of convolutions, matmuls and the attention ops) of
     `model`'s backbone + head on `images`, as `model_flop_analysis`."""
     analysis = ActivationCountAnalysis(BackboneAndHead(model), (_padded_images(model, images),))

@@ -246,7 +246,8 @@ def make_labelme_coco(
     rng = np.random.default_rng(seed)
     img_dir = root / "JPEGImages"
     img_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for i in range(n_images):
         img = Image.fromarray(rng.integers(90, 160, (h, w, 3), dtype=np.uint8))
         draw = ImageDraw.Draw(img)
@@ -255,7 +256,7 @@ def make_labelme_coco(
             cx, cy = (k + 0.5) * w / 3 + rng.integers(-6, 7), h / 2 + rng.integers(-h // 6, h // 6 + 1)
             if cat == 1:
                 bw, bh = rng.integers(8, 14), rng.integers(24, 34)
-                poly = [cx - bw, cy - bh, cx + bw, cy - bh, cx + bw, cy + bh, cx - bw, cy + bh]
+                poly: list[float] = [cx - bw, cy - bh, cx + bw, cy - bh, cx + bw, cy + bh, cx - bw, cy + bh]
             else:
                 r = rng.integers(10, 16)
                 angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)

@@ -421,7 +421,7 @@ def register_coco_instances(
     fix the class order yourself (the JSON is then read only when the dataset is loaded).
     """
     skip: tuple[int, ...] = ()
-    classes = {}
+    classes: dict = {}
     if "thing_classes" not in metadata:
         require_path(json_file, "COCO annotation file", f"Check the json_file given for dataset {name!r}.")
         classes, skip = coco_instances_metadata(name, json_file, placeholder_categories)

@@ -71,7 +71,7 @@ class DeepLabStem(nn.Module):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
-_STEMS = {"basic": BasicStem, "deeplab": DeepLabStem}
+_STEMS: dict[str, type[BasicStem | DeepLabStem]] = {"basic": BasicStem, "deeplab": DeepLabStem}
 
 
 class BasicBlock(nn.Module):
@@ -151,7 +151,11 @@ class ResNet(Backbone):
     """Stem + stages res2..res5 (stopping at the last requested output)."""
 
     def __init__(
-        self, stem: nn.Module, stages: list[list[nn.Module]], out_features: list[str], freeze_at: int = 0
+        self,
+        stem: BasicStem | DeepLabStem,
+        stages: list[list[Block]],
+        out_features: list[str],
+        freeze_at: int = 0,
     ):
         super().__init__()
         self.stem = stem
