@@ -284,7 +284,7 @@ def run_driver(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             print(f"round {r + 1}/{args.rounds}, {v.label}: {times}", file=sys.stderr, flush=True)
     reference = next((v for v in variants if v.label == "baseline off"), variants[0])
     _print_table(variants, reference, args)
-    return {v.label: v.summary(statistics.median) for v in variants}
+    return {v.label: {**v.summary(statistics.median), "peak_mib": v.peak_mib} for v in variants}
 
 
 def _precisions(text: str) -> list[str]:
