@@ -49,7 +49,7 @@ from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 from mask2former.checkpoint import atomic_write
 from mask2former.utils import dist as dist_utils
 
-from .stop import STOP_SIGNALS, TrainingStopped
+from .stop import HandledStopSignals, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -263,14 +263,13 @@ def _wait_for_workers(context, forwarder, error_dir: str, machine_rank: int, per
 _STOP_GRACE_S = 120.0
 
 
-class _SignalForwarder:
+class _SignalForwarder(HandledStopSignals):
     """While active: SIGINT/SIGTERM to the launcher are recorded and sent on to the workers
     as SIGTERM (whose trainers then write a checkpoint and stop)."""
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        super().__init__()
         self.pids: list[int] = []
-        self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         logger.warning(
@@ -282,16 +281,6 @@ class _SignalForwarder:
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-
-    def __enter__(self) -> _SignalForwarder:
-        if threading.current_thread() is threading.main_thread():
-            for s in STOP_SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -35,8 +35,8 @@ class TrainingStopped(RuntimeError):
         return 128 + self.signum
 
 
-class StopOnSignals:
-    """Context manager: while active (main thread only), SIGINT and SIGTERM set `signum`
+class HandledStopSignals:
+    """Context manager: while active (main thread only), SIGINT and SIGTERM call `_handle`
     instead of interrupting; the previous handlers come back on exit."""
 
     def __init__(self) -> None:
@@ -44,15 +44,9 @@ class StopOnSignals:
         self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is None:
-            logger.warning(
-                "%s received: stopping after this iteration and writing a checkpoint "
-                "(SIGKILL stops at once, losing the iterations since the last checkpoint)",
-                signal.Signals(signum).name,
-            )
         self.signum = signum
 
-    def __enter__(self) -> StopOnSignals:
+    def __enter__(self) -> HandledStopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -62,3 +56,17 @@ class StopOnSignals:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+class StopOnSignals(HandledStopSignals):
+    """While active, SIGINT and SIGTERM set `signum` (the trainer stops after the iteration and
+    writes a checkpoint)."""
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            logger.warning(
+                "%s received: stopping after this iteration and writing a checkpoint "
+                "(SIGKILL stops at once, losing the iterations since the last checkpoint)",
+                signal.Signals(signum).name,
+            )
+        self.signum = signum
