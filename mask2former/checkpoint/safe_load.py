@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
 import pickletools
 import struct
@@ -29,6 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from ..utils.env import positive_env_number
 from .errors import CheckpointError
 
 MAX_NESTING = 100
@@ -40,16 +40,7 @@ _NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
 
 def max_bytes_cap() -> int:
     """The configured cap on what one weights file may allocate (`$MASK2FORMER_MAX_WEIGHTS_BYTES`)."""
-    value = os.environ.get(MAX_BYTES_ENV)
-    if not value:
-        return DEFAULT_MAX_BYTES
-    try:
-        cap = int(value)
-    except ValueError:
-        raise ValueError(f"{MAX_BYTES_ENV}={value!r} is not a number of bytes") from None
-    if cap <= 0:
-        raise ValueError(f"{MAX_BYTES_ENV}={value!r} must be positive")
-    return cap
+    return positive_env_number(MAX_BYTES_ENV, DEFAULT_MAX_BYTES, int, "bytes")
 
 
 def allocation_budget(file_size: int, max_bytes: int | None = None) -> int:

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from mask2former.checkpoint.errors import CheckpointError
 from mask2former.checkpoint.integrity import record_sha256, remove_with_sha256, verify_sha256
+from mask2former.utils.env import positive_env_number
 
 __all__ = [
     "DETECTRON2_PREFIX",
@@ -112,16 +113,7 @@ def expected_hash(filename: str) -> tuple[str, str] | None:
 
 def download_deadline_s() -> float:
     """The configured overall download deadline (`$MASK2FORMER_DOWNLOAD_DEADLINE_S`, default one hour)."""
-    value = os.environ.get(DEADLINE_ENV)
-    if not value:
-        return DEFAULT_DEADLINE_S
-    try:
-        deadline = float(value)
-    except ValueError:
-        raise ValueError(f"{DEADLINE_ENV}={value!r} is not a number of seconds") from None
-    if not deadline > 0:
-        raise ValueError(f"{DEADLINE_ENV}={value!r} must be positive")
-    return deadline
+    return positive_env_number(DEADLINE_ENV, DEFAULT_DEADLINE_S, float, "seconds")
 
 
 def resolve_weights(path_or_url: str, cache_dir: str | None = None, deadline_s: float | None = None) -> str:
