@@ -140,10 +140,15 @@ class Runner:
 
     def _wrap_postprocess_tasks(self) -> None:
         """Time each post-processing task: wrap the task functions where `postprocess` looks them up."""
-        names = type(self.model).postprocess.__globals__
-        for fn_name, stage in TASK_FUNCTIONS.items():
-            if fn_name in names:
-                names[fn_name] = self._timed(stage, names[fn_name])
+        import inspect
+
+        # unwrapped: `postprocess` is decorated (torch.no_grad), the wrapper's globals are torch's
+        names = inspect.unwrap(type(self.model).postprocess).__globals__
+        wrapped = [fn_name for fn_name in TASK_FUNCTIONS if fn_name in names]
+        if not wrapped:
+            raise RuntimeError(f"postprocess calls none of {sorted(TASK_FUNCTIONS)}: cannot time its tasks")
+        for fn_name in wrapped:
+            names[fn_name] = self._timed(TASK_FUNCTIONS[fn_name], names[fn_name])
 
     def _timed(self, stage: str, fn: Callable) -> Callable:
         def wrapper(*a, **k):

@@ -41,12 +41,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: CfgNode) -> torch.nn.Module:
-    """The model named by MODEL.META_ARCHITECTURE, with random weights, on MODEL.DEVICE.
+    """The model named by MODEL.META_ARCHITECTURE, with random weights, on MODEL.DEVICE (on the CPU,
+    the process's allocator keeps freed memory for reuse: `utils.cpu_memory`).
     Load weights with `mask2former.checkpoint.load_weights(model, cfg.MODEL.WEIGHTS)`."""
     from ..config.key_support import check_supported
 
     check_supported(cfg)  # also for values set in Python after loading
     device = resolve_device(cfg.MODEL.DEVICE)
+    if device.type == "cpu":
+        from ..utils.cpu_memory import keep_freed_cpu_memory
+
+        keep_freed_cpu_memory()
     model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg).to(device)
     if cfg.MODEL.COMPILE:
         # In place, so parameter names (and checkpoints) stay those of the eager model.

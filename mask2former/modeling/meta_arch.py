@@ -169,7 +169,7 @@ class MaskFormer(nn.Module):
     @torch.no_grad()
     def postprocess(self, outputs: dict, batched_inputs: list[dict], images: ImageList) -> list[dict]:
         """Per image: crop and resize predictions to the output size, then the switched-on
-        inferences, all in float32."""
+        inferences, in float32 (semantic inference's sum over queries in the inference dtype)."""
         mask_cls_results = outputs["pred_logits"].float()  # [B, Q, K+1]
         mask_pred_results = F.interpolate(
             outputs["pred_masks"].float(), size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
@@ -182,11 +182,10 @@ class MaskFormer(nn.Module):
             r: dict[str, Any] = {}
             if self.sem_seg_postprocess_before_inference:
                 mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
-            binary = mask_pred > 0 if self.instance_on else None  # [Q, H, W], before the in-place sigmoid
-            # [Q, H, W], shared by the three inferences; in place: mask_pred is this method's own tensor
-            mask_probs = mask_pred.sigmoid_()
+            binary = mask_pred > 0 if self.instance_on else None  # [Q, H, W]
+            mask_probs = mask_pred.sigmoid()  # [Q, H, W], shared by the three inferences
             if self.semantic_on:
-                sem_seg = semantic_inference(mask_cls, mask_probs)
+                sem_seg = semantic_inference(mask_cls, mask_probs, self.inference_dtype)
                 if not self.sem_seg_postprocess_before_inference:
                     sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
                 r["sem_seg"] = sem_seg

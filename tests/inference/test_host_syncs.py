@@ -35,7 +35,12 @@ def test_panoptic_inference_synchronises_once(seed):
     with HostSyncCounter("cpu") as counter:
         counter.host(is_thing)
         panoptic_seg, segments = panoptic_inference(
-            mask_cls, mask_pred.sigmoid(), is_thing=is_thing, object_mask_threshold=0.3, overlap_threshold=0.5
+            mask_cls,
+            mask_pred.sigmoid(),
+            is_thing=is_thing,
+            object_mask_threshold=0.3,
+            overlap_threshold=0.5,
+            select_kept_first=False,  # the formulation a GPU runs (the CPU's default reads `keep` first)
         )
     assert counter.count == 1, counter.events
     assert segments and set(panoptic_seg.unique().tolist()) <= {0, *(s["id"] for s in segments)}
@@ -59,13 +64,20 @@ def test_instance_inference_synchronises_at_most_once(is_thing_on):
     assert len(instances) > 0
 
 
-def test_panoptic_inference_matches_a_per_query_loop():
-    """The masked, sync-free formulation against the plain algorithm (keep, then assign pixels)."""
+@pytest.mark.parametrize("select_kept_first", [False, True])
+def test_panoptic_inference_matches_a_per_query_loop(select_kept_first):
+    """The masked, sync-free formulation (GPU) and the kept-queries-first one (CPU) against the plain
+    algorithm (keep, then assign pixels)."""
     for seed in range(6):
         mask_cls, mask_pred, is_thing = predictions(seed)
         probs = mask_pred.sigmoid()
         seg, segments = panoptic_inference(
-            mask_cls, probs, is_thing=is_thing, object_mask_threshold=0.3, overlap_threshold=0.5
+            mask_cls,
+            probs,
+            is_thing=is_thing,
+            object_mask_threshold=0.3,
+            overlap_threshold=0.5,
+            select_kept_first=select_kept_first,
         )
         scores, labels = mask_cls.softmax(-1).max(-1)
         kept = [q for q in range(len(scores)) if labels[q] != 5 and scores[q] > 0.3]
@@ -94,3 +106,18 @@ def test_panoptic_inference_matches_a_per_query_loop():
                 expected[final] = len(infos)
         assert segments == infos
         assert torch.equal(seg, expected)
+
+
+@pytest.mark.parametrize("select_kept_first", [False, True])
+def test_panoptic_inference_without_kept_queries(select_kept_first):
+    mask_cls, mask_pred, is_thing = predictions()
+    seg, segments = panoptic_inference(
+        mask_cls,
+        mask_pred.sigmoid(),
+        is_thing=is_thing,
+        object_mask_threshold=1.0,  # no class probability exceeds it
+        overlap_threshold=0.5,
+        select_kept_first=select_kept_first,
+    )
+    assert segments == []
+    assert seg.dtype == torch.int32 and seg.shape == mask_pred.shape[-2:] and not seg.any()
