@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--skip-training", action="store_true", help="evaluate and draw the existing model_final.pth"
     )
-    parser.add_argument("--num-vis", type=int, default=8, help="val images to draw")
+    parser.add_argument("--num-vis", type=int, default=8, help="val images to draw (0: none)")
     parser.add_argument(
         "--num-threads",
         type=int,
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
         "opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE pairs) for train_net"
     )
     args = parser.parse_args(argv)
+    if args.num_vis < 0:
+        parser.error(f"--num-vis must be 0 or more, got {args.num_vis}")
     torch.set_num_threads(args.num_threads)
     train_net = _load_tool("train_net", os.path.join(REPO, "tools", "train_net.py"))
     prepare = _load_tool("prepare_shapes_dataset", os.path.join(REPO, "tools", "prepare_shapes_dataset.py"))
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_images = sorted(os.listdir(os.path.join(root, "val")))[: args.num_vis]
     inputs = [os.path.join(root, "val", f) for f in val_images]
     vis_dirs = {}
-    for task in ("panoptic", "instance", "semantic"):
+    for task in ("panoptic", "instance", "semantic") if inputs else ():
         vis_dirs[task] = os.path.join(args.output_dir, "vis", task)
         demo.main([*common, "--input", *inputs, "--output", vis_dirs[task], "--task", task, "--scale", "4",
                    "--confidence-threshold", "0.5", "--opts", *overrides, "MODEL.WEIGHTS", weights])  # fmt: skip
