@@ -98,6 +98,8 @@ class WindowAttention(nn.Module):
         proj_drop: dropout after the output projection.
     """
 
+    relative_position_index: Tensor  # buffer int64 [N, N]
+
     def __init__(
         self,
         dim: int,
