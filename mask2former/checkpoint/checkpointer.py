@@ -54,15 +54,16 @@ _CHECKPOINT_NAME = re.compile(r"model_(\d+|final)\.pth$")
 def get_rng_states() -> dict[str, Any]:
     """This process's RNG states: python `random`, numpy's global RNG, torch CPU and CUDA."""
     version, py_state, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    # {"bit_generator", "state": {"key", "pos"}, "has_gauss", "gauss"}
+    np_state = np.random.get_state(legacy=False)
     states: dict[str, Any] = {
         "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "gauss": float(np_gauss),
+        "numpy": {  # the fields of numpy's legacy tuple, which `set_rng_states` gives back
+            "name": np_state["bit_generator"],
+            "keys": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
         },
         "torch": torch.get_rng_state(),
     }

@@ -250,6 +250,8 @@ class Trainer:
         )
 
     def run_step(self) -> None:
+        if self._data_iter is None:
+            raise RuntimeError("run_step() is called by train(), which opens the data loader")
         start = time.perf_counter()
         data = next(self._data_iter)
         data_time = time.perf_counter() - start
@@ -274,7 +276,8 @@ class Trainer:
 
         self.storage.put_scalar("data_time", data_time)
         self.storage.put_scalar("total_loss", sum(mean_losses))
-        self.storage.put_scalars(**dict(zip(names, mean_losses)))
+        for name, value in zip(names, mean_losses):
+            self.storage.put_scalar(name, value)
 
     def _reduce_losses(self, loss_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[float]]:
         """Check the model's loss dict; return its names and each term's mean over workers."""
@@ -367,9 +370,15 @@ class Trainer:
         """Evaluate `model` with test-time augmentation (TEST.AUG.*) on one dataset; the tasks
         are named with a "_TTA" suffix ("sem_seg_TTA"), as in the original project."""
         from mask2former.evaluation import inference_on_dataset
+        from mask2former.modeling import MaskFormer
         from mask2former.modeling.test_time_augmentation import build_tta_model
 
-        tta = build_tta_model(cfg, unwrap_model(model))
+        inner = unwrap_model(model)
+        if not isinstance(inner, MaskFormer):
+            raise TypeError(
+                f"TEST.AUG.ENABLED needs a MaskFormer model (or a subclass), got {type(inner).__name__}"
+            )
+        tta = build_tta_model(cfg, inner)
         logger.info(
             "Test-time augmentation on %s: shortest edges %s (long edge <= %d)%s",
             dataset_name,

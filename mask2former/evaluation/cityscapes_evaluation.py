@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -60,7 +61,8 @@ def _cs_module(name: str):
     """An official cityscapesscripts evaluation module, made to run on numpy 2 by rebinding two
     of its module-level names (numpy itself is left as it is): `np` gains `in1d` where numpy no
     longer has it, and `writeDict2JSON` accepts numpy scalars."""
-    module = importlib.import_module(f"cityscapesscripts.evaluation.{name}")
+    # Any, as a static import of the untyped library would be: its module-level names are rebound
+    module: Any = importlib.import_module(f"cityscapesscripts.evaluation.{name}")
     if not hasattr(np, "in1d") and not isinstance(module.np, _NumpyWithIn1d):
         module.np = _NumpyWithIn1d()
     if hasattr(module, "writeDict2JSON"):
@@ -103,15 +105,18 @@ class _CityscapesEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name: str, output_dir: str | None = None):
         self.meta = MetadataCatalog.get(dataset_name)
         self.output_dir = output_dir
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        self.reset()
+        self._tmp = self._shared_folder()
 
     def reset(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-        self._tmp = tempfile.TemporaryDirectory(prefix="cityscapes_eval_")
-        # every process writes into rank 0's folder (one machine or a shared file system)
-        self._dir = all_gather(self._tmp.name)[0]
+        self._tmp.cleanup()
+        self._tmp = self._shared_folder()
+
+    def _shared_folder(self) -> tempfile.TemporaryDirectory[str]:
+        """A new temporary folder for the predictions; sets `_dir` to rank 0's, into which every
+        process writes (one machine or a shared file system)."""
+        tmp = tempfile.TemporaryDirectory(prefix="cityscapes_eval_")
+        self._dir = all_gather(tmp.name)[0]
+        return tmp
 
     def _gt_and_predictions(self, suffix: str, pred_ext: str) -> tuple[list[str], list[str]]:
         """Every `*_gtFine_<suffix>.png` under `gt_dir` (absolute paths) and the prediction file

@@ -57,7 +57,8 @@ def dataset_dicts_to_coco(dataset_name: str) -> dict:
     meta = MetadataCatalog.get(dataset_name)
     id_map = meta.thing_dataset_id_to_contiguous_id
     contig_to_ds = {v: k for k, v in id_map.items()}
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for d in DatasetCatalog.get(dataset_name):
         h, w = d["height"], d["width"]
         images.append({"id": d["image_id"], "height": h, "width": w, "file_name": d["file_name"]})

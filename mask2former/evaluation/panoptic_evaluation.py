@@ -211,7 +211,13 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self._pred_json: list[dict] = []
         self._image_ids: list = []
 
-    def _load_gt(self) -> None:
+    def _ground_truth(self) -> dict:
+        """image id -> (panoptic PNG path, segments_info with contiguous ids), read on first use."""
+        if self._gt is None:
+            self._gt = self._load_gt()
+        return self._gt
+
+    def _load_gt(self) -> dict:
         path = self.meta.panoptic_json
         with open(path) as f:
             data = json.load(f)
@@ -225,7 +231,7 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self._categories = {v: v in thing_ids for v in cat_map.values()}
         names = self.meta.get("stuff_classes") or [c["name"] for c in data["categories"]]
         self._class_names = {v: names[v] if v < len(names) else str(k) for k, v in cat_map.items()}
-        self._gt = {}
+        gt = {}
         for ann in data["annotations"]:
             segs = []
             for s in ann["segments_info"]:
@@ -241,7 +247,8 @@ class COCOPanopticEvaluator(DatasetEvaluator):
                         "area": s.get("area"),
                     }
                 )
-            self._gt[ann["image_id"]] = (os.path.join(self.meta.panoptic_root, ann["file_name"]), segs)
+            gt[ann["image_id"]] = (os.path.join(self.meta.panoptic_root, ann["file_name"]), segs)
+        return gt
 
     def _segments_from_ids(self, pan: np.ndarray, image_id) -> tuple[np.ndarray, list[dict]]:
         """(ids shifted by one with void 0, segments_info) of `pan` = category * label_divisor +
@@ -263,8 +270,7 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         return pan + 1, segments
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
-        if self._gt is None:
-            self._load_gt()
+        gt_by_image = self._ground_truth()
         for inp, out in zip(inputs, outputs):
             pan, segments = out["panoptic_seg"]
             pan = pan.cpu().numpy().astype(np.int64)
@@ -273,7 +279,7 @@ class COCOPanopticEvaluator(DatasetEvaluator):
                 raise ValueError(
                     f"Image id {image_id!r} ({inp.get('file_name')}) was given to process() twice"
                 )
-            if image_id not in self._gt:
+            if image_id not in gt_by_image:
                 raise KeyError(
                     f"Image id {image_id!r} ({inp.get('file_name')}) is not in {self.meta.panoptic_json}"
                 )
@@ -284,15 +290,17 @@ class COCOPanopticEvaluator(DatasetEvaluator):
                 if (pan < 0).any():
                     raise ValueError(f"Panoptic prediction for image {image_id!r} has negative segment ids")
                 pred = pan
-            gt_file, gt_segs = self._gt[image_id]
+            gt_file, gt_segs = gt_by_image[image_id]
             gt = read_panoptic_png(gt_file)
             source = f"image {image_id!r} ({gt_file})"
             pq_single_image(gt, gt_segs, pred, segments, source, self._stat, self._categories)
             if self.output_dir:
-                self._write(pred, segments, image_id, os.path.basename(gt_file))
+                self._write(self.output_dir, pred, segments, image_id, os.path.basename(gt_file))
 
-    def _write(self, pred: np.ndarray, segments: list[dict], image_id, png_name: str) -> None:
-        folder = os.path.join(self.output_dir, "panoptic_predictions")
+    def _write(
+        self, output_dir: str, pred: np.ndarray, segments: list[dict], image_id, png_name: str
+    ) -> None:
+        folder = os.path.join(output_dir, "panoptic_predictions")
         os.makedirs(folder, exist_ok=True)
         Image.fromarray(id2rgb(pred)).save(os.path.join(folder, png_name))
         segs = [
@@ -311,18 +319,17 @@ class COCOPanopticEvaluator(DatasetEvaluator):
             stat += s
         image_ids = gather_on_main(self._image_ids)
         preds = gather_on_main(self._pred_json)
-        if preds is None:
+        if image_ids is None or preds is None:  # not the main process
             return {}
-        if self._gt is None:
-            self._load_gt()
+        gt_by_image = self._ground_truth()
         repeated = sorted((i for i, n in Counter(image_ids).items() if n > 1), key=str)
         if repeated:
             raise ValueError(f"Images {repeated[:10]} were evaluated by more than one process")
-        if len(image_ids) < len(self._gt):
+        if len(image_ids) < len(gt_by_image):
             logger.warning(
                 "Panoptic evaluation covers %d of the %d images of %s",
                 len(image_ids),
-                len(self._gt),
+                len(gt_by_image),
                 self.meta.panoptic_json,
             )
         write_predictions_json(self.output_dir, "predictions.json", {"annotations": preds})

@@ -115,16 +115,18 @@ class Predictor:
         """
         if format not in ("BGR", "RGB"):
             raise ValueError(f"Predictor format must be 'BGR' or 'RGB', got {format!r}")
-        single = isinstance(images, (np.ndarray, str, os.PathLike))
-        items = [images] if single else list(images)
-        if not items:
-            return []
+        if isinstance(images, (np.ndarray, str, os.PathLike)):
+            return self._predict([images], format)[0]
+        return self._predict(list(images), format)
+
+    def _predict(self, items: list[ImageInput], format: str) -> list[dict]:
+        """The model's outputs for `items`, run in batches of `batch_size`."""
         inputs = [self._prepare(item, format, i) for i, item in enumerate(items)]
         outputs: list[dict] = []
         with torch.inference_mode():
             for start in range(0, len(inputs), self.batch_size):
                 outputs.extend(self.model(inputs[start : start + self.batch_size]))
-        return outputs[0] if single else outputs
+        return outputs
 
     def _prepare(self, item: ImageInput, format: str, index: int) -> dict:
         """One input -> the model's input dict: "image" uint8 [3, h, w] in INPUT.FORMAT order,

@@ -9,7 +9,7 @@ import torch
 
 from ..config import CfgNode
 from .backbone import Backbone, D2SwinTransformer, ResNet, build_resnet_backbone
-from .criterion import SetCriterion, build_criterion, dice_loss, sigmoid_ce_loss
+from .criterion import MatchedPairs, SetCriterion, build_criterion, dice_loss, sigmoid_ce_loss
 from .head import MaskFormerHead, build_maskformer_head
 from .matcher import HungarianMatcher
 from .meta_arch import MaskFormer, build_maskformer
@@ -73,6 +73,7 @@ __all__ = [
     "MSDeformAttnPixelDecoder",
     "MaskFormer",
     "MaskFormerHead",
+    "MatchedPairs",
     "MultiScaleMaskedTransformerDecoder",
     "Registry",
     "ResNet",

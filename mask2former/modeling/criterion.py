@@ -21,6 +21,7 @@ Returned losses are already multiplied by their weights; auxiliary output i gets
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from ..config import CfgNode
 from .matcher import HungarianMatcher
 from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
-__all__ = ["SetCriterion", "build_criterion", "dice_loss", "sigmoid_ce_loss"]
+__all__ = ["MatchedPairs", "SetCriterion", "build_criterion", "dice_loss", "sigmoid_ce_loss"]
 
 
 def sigmoid_ce_loss(inputs: Tensor, targets: Tensor, num_masks: float | Tensor) -> Tensor:
@@ -66,12 +67,27 @@ def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float | Tensor) -> Ten
     return loss.sum() / num_masks
 
 
-def _flatten_indices(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image (query, target) indices -> batch index, query index, target index, each int64 [N]."""
-    batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])  # [N]
-    src_idx = torch.cat([src for src, _ in indices])  # [N]
-    tgt_idx = torch.cat([tgt for _, tgt in indices])  # [N]
-    return batch_idx, src_idx, tgt_idx
+@dataclass(frozen=True)
+class MatchedPairs:
+    """The matcher's result for one decoder output, as the losses read it.
+
+    indices: per image (query indices, target indices), from the matcher.
+    batch_idx, src_idx: int64 [N], the image and the query of every matched pair, on the device.
+    """
+
+    indices: list[tuple[Tensor, Tensor]]
+    batch_idx: Tensor
+    src_idx: Tensor
+
+    @classmethod
+    def from_indices(cls, indices: list[tuple[Tensor, Tensor]], device: torch.device) -> MatchedPairs:
+        batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])  # [N]
+        src_idx = torch.cat([src for src, _ in indices])  # [N]
+        return cls(indices, batch_idx.to(device), src_idx.to(device))
+
+    def target_values(self, targets: list[dict[str, Tensor]], key: str) -> Tensor:
+        """targets[b][key] of every matched pair, concatenated in pair order: [N, ...]."""
+        return torch.cat([t[key][tgt.to(t[key].device)] for t, (_, tgt) in zip(targets, self.indices)])
 
 
 def _aux_levels(weight_dict: dict[str, float]) -> int:
@@ -196,16 +212,12 @@ class SetCriterion(nn.Module):
 
     def _output_losses(self, outputs: dict, targets: list[dict[str, Tensor]], num_masks: Tensor, suffix: str):
         """Match one decoder output, then its weighted losses with keys ending in `suffix`."""
-        indices = self.matcher(outputs, targets)
-        device = outputs["pred_logits"].device
-        batch_idx, src_idx, tgt_idx = (t.to(device) for t in _flatten_indices(indices))  # each [N]
+        matched = MatchedPairs.from_indices(self.matcher(outputs, targets), outputs["pred_logits"].device)
         losses: dict[str, Tensor] = {}
         if "labels" in self.losses:
-            losses.update(self.loss_labels(outputs["pred_logits"], targets, indices, batch_idx, src_idx))
+            losses.update(self.loss_labels(outputs["pred_logits"], targets, matched))
         if "masks" in self.losses:
-            losses.update(
-                self.loss_masks(outputs["pred_masks"], targets, indices, batch_idx, src_idx, num_masks)
-            )
+            losses.update(self.loss_masks(outputs["pred_masks"], targets, matched, num_masks))
         weighted = {}
         for key, value in losses.items():
             if key + suffix not in self.weight_dict:
@@ -214,58 +226,29 @@ class SetCriterion(nn.Module):
         return weighted
 
     def loss_labels(
-        self,
-        pred_logits: Tensor,
-        targets: list[dict[str, Tensor]],
-        indices: list[tuple[Tensor, Tensor]],
-        batch_idx: Tensor,
-        src_idx: Tensor,
+        self, pred_logits: Tensor, targets: list[dict[str, Tensor]], matched: MatchedPairs
     ) -> dict[str, Tensor]:
-        """Cross-entropy over K+1 classes with `empty_weight`.
-
-        Args:
-            pred_logits: [B, Q, K+1].
-            targets: B dicts with "labels" int64 [N_i].
-            indices: per image (query indices, target indices) from the matcher.
-            batch_idx, src_idx: int64 [N] image and query of every matched pair, on the device.
-        Returns:
-            {"loss_ce": 0-d tensor} (unweighted).
-        """
+        """Cross-entropy over K+1 classes with `empty_weight`: pred_logits [B, Q, K+1], targets B
+        dicts with "labels" int64 [N_i] -> {"loss_ce": 0-d tensor} (unweighted)."""
         logits = pred_logits.float()  # [B, Q, K+1]
-        matched_labels = torch.cat([t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)])  # [N]
+        matched_labels = matched.target_values(targets, "labels")  # [N]
         target_classes = torch.full(
             logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
         )
-        target_classes[batch_idx, src_idx] = matched_labels.to(logits.device)  # [B, Q]
+        target_classes[matched.batch_idx, matched.src_idx] = matched_labels.to(logits.device)  # [B, Q]
         loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
         return {"loss_ce": loss_ce}
 
     def loss_masks(
-        self,
-        pred_masks: Tensor,
-        targets: list[dict[str, Tensor]],
-        indices: list[tuple[Tensor, Tensor]],
-        batch_idx: Tensor,
-        src_idx: Tensor,
-        num_masks: Tensor,
+        self, pred_masks: Tensor, targets: list[dict[str, Tensor]], matched: MatchedPairs, num_masks: Tensor
     ) -> dict[str, Tensor]:
-        """Sigmoid BCE and dice of the matched masks on importance-sampled points.
-
-        Args:
-            pred_masks: [B, Q, H, W] mask logits.
-            targets: B dicts with "masks" [N_i, Ht, Wt].
-            indices: per image (query indices, target indices) from the matcher.
-            batch_idx, src_idx: int64 [N] image and query of every matched pair, on the device.
-            num_masks: 0-d normaliser.
-        Returns:
-            {"loss_mask", "loss_dice"}: 0-d tensors (unweighted).
-        """
+        """Sigmoid BCE and dice of the matched masks on importance-sampled points: pred_masks
+        [B, Q, H, W] logits, targets B dicts with "masks" [N_i, Ht, Wt], num_masks a 0-d normaliser
+        -> {"loss_mask", "loss_dice"}: 0-d tensors (unweighted)."""
         device = pred_masks.device
         with torch.autocast(device_type=device.type, enabled=False):
-            src_masks = pred_masks[batch_idx, src_idx].float()[:, None]  # [N, 1, H, W]
-            target_masks = torch.cat(
-                [t["masks"][tgt.to(t["masks"].device)] for t, (_, tgt) in zip(targets, indices)]
-            )  # [N, Ht, Wt]
+            src_masks = pred_masks[matched.batch_idx, matched.src_idx].float()[:, None]  # [N, 1, H, W]
+            target_masks = matched.target_values(targets, "masks")  # [N, Ht, Wt]
             target_masks = target_masks.to(device=device, dtype=torch.float32)[:, None]  # [N, 1, Ht, Wt]
             with torch.no_grad():
                 point_coords = get_uncertain_point_coords_with_randomness(

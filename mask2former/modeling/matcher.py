@@ -171,7 +171,8 @@ class HungarianMatcher(nn.Module):
         from scipy.optimize import linear_sum_assignment  # here: building a model for inference skips SciPy
 
         present = [c for c in costs if c is not None]
-        on_host = torch.cat([c.flatten() for c in present]).cpu() if present else None  # one transfer
+        # all costs in one transfer
+        on_host = torch.cat([c.flatten() for c in present]).cpu() if present else torch.empty(0)
         indices, offset = [], 0
         for cost in costs:
             if cost is None:

@@ -37,8 +37,8 @@ def _jitter(color: tuple[int, int, int], k: int) -> tuple[int, int, int]:
     if k == 0:
         return color
     rng = np.random.default_rng(k)
-    c = np.clip(np.array(color, dtype=np.float64) + rng.uniform(-60, 60, 3), 0, 255)
-    return tuple(int(x) for x in c)
+    r, g, b = np.clip(np.array(color, dtype=np.float64) + rng.uniform(-60, 60, 3), 0, 255)
+    return int(r), int(g), int(b)
 
 
 def _numpy(x) -> np.ndarray:
@@ -97,7 +97,8 @@ class Visualizer:
     def _color(self, cls: int, kind: str) -> tuple[int, int, int]:
         colors = self._meta(f"{kind}_colors")
         if colors is not None and 0 <= cls < len(colors):
-            return tuple(int(c) for c in colors[cls])
+            r, g, b = colors[cls]
+            return int(r), int(g), int(b)
         return class_color(cls)
 
     # ---- primitives ----------------------------------------------------------------------

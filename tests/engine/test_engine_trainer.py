@@ -217,3 +217,15 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 3  # after model_0000002.pth
     assert "Skipping checkpoint" in caplog.text and "model_final.pth is corrupt" in caplog.text
+
+
+def test_run_step_outside_train_is_refused(tmp_path):
+    trainer = ToyTrainer(toy_cfg(tmp_path))
+    with pytest.raises(RuntimeError, match="called by train"):
+        trainer.run_step()
+
+
+def test_test_time_augmentation_needs_a_maskformer(tmp_path):
+    cfg = toy_cfg(tmp_path)
+    with pytest.raises(TypeError, match="TEST.AUG.ENABLED needs a MaskFormer model.*EngineToyModel"):
+        ToyTrainer.test_with_tta(cfg, ToyTrainer.build_model(cfg), "unused")

@@ -22,6 +22,7 @@ w window size, N = w*w tokens per window, nW windows per image, h attention head
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,8 @@ class WindowAttention(nn.Module):
         proj_drop: dropout after the output projection.
     """
 
+    relative_position_index: Tensor  # buffer int64 [N, N]
+
     def __init__(
         self,
         dim: int,
@@ -152,53 +155,57 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+@dataclass(frozen=True)
+class BlockSettings:
+    """What every block of a `SwinTransformer` shares (the arguments of the same names there;
+    `drop` is its `drop_rate`, `attn_drop` its `attn_drop_rate`)."""
+
+    window_size: int  # w
+    mlp_ratio: float  # hidden width of the MLP over C
+    qkv_bias: bool
+    qk_scale: float | None
+    drop: float  # after the attention's output projection and in the MLP
+    attn_drop: float  # on the attention weights
+
+
 class SwinTransformerBlock(nn.Module):
     """Pre-norm block: (shifted) window attention then MLP, each with a residual connection.
 
     Args:
         dim: channels C.
         num_heads: h.
-        window_size: w.
+        settings: window size, MLP ratio, attention options and dropouts.
         shift_size: cyclic shift before partitioning (0 or w // 2).
-        mlp_ratio: hidden width of the MLP over C.
-        qkv_bias, qk_scale, drop, attn_drop: see `WindowAttention`; `drop` also applies in the MLP.
         drop_path: stochastic-depth rate of this block.
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        window_size: int = 7,
-        shift_size: int = 0,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        qk_scale: float | None = None,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
+        self, dim: int, num_heads: int, settings: BlockSettings, *, shift_size: int, drop_path: float
     ):
         super().__init__()
-        if not 0 <= shift_size < window_size:
-            raise ValueError(f"Swin: shift_size {shift_size} must be in [0, window_size={window_size})")
-        self.window_size = window_size
+        w = settings.window_size
+        if not 0 <= shift_size < w:
+            raise ValueError(f"Swin: shift_size {shift_size} must be in [0, window_size={w})")
+        self.window_size = w
         self.shift_size = shift_size
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(
             dim,
-            window_size,
+            w,
             num_heads,
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            attn_drop=attn_drop,
-            proj_drop=drop,
+            qkv_bias=settings.qkv_bias,
+            qk_scale=settings.qk_scale,
+            attn_drop=settings.attn_drop,
+            proj_drop=settings.drop,
         )
         timm_layers = _timm_layers()
         self.drop_path = timm_layers.DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = timm_layers.Mlp(
-            in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop
+            in_features=dim,
+            hidden_features=int(dim * settings.mlp_ratio),
+            act_layer=nn.GELU,
+            drop=settings.drop,
         )
 
     def forward(self, x: Tensor, H: int, W: int, shift_mask: Tensor | None) -> Tensor:
@@ -249,32 +256,22 @@ class BasicLayer(nn.Module):
         dim: int,
         depth: int,
         num_heads: int,
+        settings: BlockSettings,
         *,
-        window_size: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        qk_scale: float | None,
-        drop: float,
-        attn_drop: float,
         drop_path: list[float],
         downsample: bool,
         use_checkpoint: bool,
     ):
         super().__init__()
-        self.window_size = window_size
-        self.shift_size = window_size // 2
+        self.window_size = settings.window_size
+        self.shift_size = settings.window_size // 2
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(
                 dim,
                 num_heads,
-                window_size=window_size,
-                shift_size=0 if j % 2 == 0 else window_size // 2,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                drop=drop,
-                attn_drop=attn_drop,
+                settings,
+                shift_size=0 if j % 2 == 0 else self.shift_size,
                 drop_path=drop_path[j],
             )
             for j in range(depth)
@@ -379,21 +376,23 @@ class SwinTransformer(Backbone):
             _timm_layers().trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
-        n_blocks = sum(
-            depths
-        )  # stochastic depth grows linearly over the blocks (torch.linspace; also on meta)
+        # stochastic depth grows linearly over the blocks (as torch.linspace; also on meta)
+        n_blocks = sum(depths)
         dpr = [drop_path_rate * j / max(n_blocks - 1, 1) for j in range(n_blocks)]
+        settings = BlockSettings(
+            window_size=window_size,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+        )
         self.layers = nn.ModuleList(
             BasicLayer(
                 dims[i],
                 depths[i],
                 num_heads[i],
-                window_size=window_size,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                drop=drop_rate,
-                attn_drop=attn_drop_rate,
+                settings,
                 drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
                 downsample=i < num_stages - 1,
                 use_checkpoint=use_checkpoint,

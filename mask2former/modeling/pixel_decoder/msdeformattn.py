@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -128,6 +129,14 @@ class MSDeformAttnEncoderLayer(nn.Module):
         return self.norm2(src + self.dropout3(ffn))
 
 
+class _LayerStack(nn.Module):
+    """The encoder layers as `layers.0`, `layers.1`, ... (under `encoder.`, the original's parameter names)."""
+
+    def __init__(self, layers: Iterable[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
 class MSDeformAttnEncoder(nn.Module):
     """Stack of encoder layers over the flattened multi-scale features, with level embeddings."""
 
@@ -144,8 +153,7 @@ class MSDeformAttnEncoder(nn.Module):
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
         nn.init.normal_(self.level_embed)
-        self.encoder = nn.Module()
-        self.encoder.layers = nn.ModuleList(
+        self.encoder = _LayerStack(
             MSDeformAttnEncoderLayer(d_model, dim_feedforward, dropout, n_levels, n_heads, n_points)
             for _ in range(num_layers)
         )
@@ -222,7 +230,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for f in self.transformer_in_features:
             conv = Conv2d(input_shape[f].channels, conv_dim, kernel_size=1)  # parameters named as nn.Conv2d's
             nn.init.xavier_uniform_(conv.weight, gain=1)
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
             self.input_proj.append(nn.Sequential(conv, nn.GroupNorm(32, conv_dim)))
         self.transformer = MSDeformAttnEncoder(
             conv_dim,

@@ -11,6 +11,7 @@ H, W mask-feature size (1/4 of the padded image).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,76 +50,85 @@ def multi_head_attention(
 def _projection_weights(mha: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """in_proj weight and bias, out_proj weight and bias; at inference under autocast cast once to its
     dtype and kept (not cast on every call, as F.linear under autocast would)."""
-    weights = [mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias]
+    weights = (mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias)
     if not (torch.is_autocast_enabled(x.device.type) and preparing_weights_allowed()):
-        return tuple(weights)
+        return weights
     dtype = torch.get_autocast_dtype(x.device.type)
     return inference_weights(mha, weights, dtype, lambda: tuple(w.to(dtype) for w in weights))
 
 
-class SelfAttentionLayer(nn.Module):
-    """Post-norm (or pre-norm) self-attention among queries; sequences are [Q, B, C]."""
+class _ResidualSublayer(nn.Module):
+    """A decoder sublayer f with a residual and LayerNorm: norm(tgt + dropout(f(tgt))) (post-norm),
+    or tgt + dropout(f(norm(tgt))) with `normalize_before` (pre-norm); sequences are [Q, B, C].
+
+    A subclass registers its own modules, then calls `_add_norm_and_init` (the original's
+    parameter order: the sublayer's, then `norm`)."""
+
+    def _add_norm_and_init(self, d_model: int, dropout: float, normalize_before: bool) -> None:
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def _residual(self, tgt: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        x = self.norm(tgt) if self.normalize_before else tgt
+        out = tgt + self.dropout(sublayer(x))
+        return out if self.normalize_before else self.norm(out)
+
+
+class SelfAttentionLayer(_ResidualSublayer):
+    """Self-attention among queries."""
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
-        _xavier(self)
+        self._add_norm_and_init(d_model, dropout, normalize_before)
 
     def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
-        x = self.norm(tgt) if self.normalize_before else tgt
-        q = k = x + query_pos
-        out = tgt + self.dropout(multi_head_attention(self.self_attn, q, k, x))
-        return out if self.normalize_before else self.norm(out)
+        """tgt, query_pos [Q, B, C] -> [Q, B, C]"""
+
+        def attend(x: Tensor) -> Tensor:
+            q = k = x + query_pos
+            return multi_head_attention(self.self_attn, q, k, x)
+
+        return self._residual(tgt, attend)
 
 
-class CrossAttentionLayer(nn.Module):
-    """Queries attend to one feature scale, with an optional attention mask [B*M, Q, HW]."""
+class CrossAttentionLayer(_ResidualSublayer):
+    """Queries attend to one feature scale, with an optional attention mask."""
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
         super().__init__()
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
-        _xavier(self)
+        self._add_norm_and_init(d_model, dropout, normalize_before)
 
     def forward(
         self, tgt: Tensor, memory: Tensor, attn_mask: Tensor | None, pos: Tensor, query_pos: Tensor
     ) -> Tensor:
-        """tgt [Q, B, C], memory/pos [HW, B, C], attn_mask bool [B, 1, Q, HW] (True = blocked)"""
-        x = self.norm(tgt) if self.normalize_before else tgt
-        attn = multi_head_attention(self.multihead_attn, x + query_pos, memory + pos, memory, attn_mask)
-        out = tgt + self.dropout(attn)
-        return out if self.normalize_before else self.norm(out)
+        """tgt [Q, B, C], memory/pos [HW, B, C], attn_mask bool [B, 1, Q, HW] (True = blocked) -> [Q, B, C]"""
+
+        def attend(x: Tensor) -> Tensor:
+            return multi_head_attention(self.multihead_attn, x + query_pos, memory + pos, memory, attn_mask)
+
+        return self._residual(tgt, attend)
 
 
-class FFNLayer(nn.Module):
-    """Two-layer ReLU feed-forward with a residual and LayerNorm."""
+class FFNLayer(_ResidualSublayer):
+    """Two-layer ReLU feed-forward."""
 
     def __init__(
         self, d_model: int, dim_feedforward: int = 2048, dropout: float = 0.0, normalize_before: bool = False
     ):
         super().__init__()
         self.linear1 = Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model)
-        self.norm = nn.LayerNorm(d_model)
-        self.normalize_before = normalize_before
-        _xavier(self)
+        self._add_norm_and_init(d_model, dropout, normalize_before)
 
     def forward(self, tgt: Tensor) -> Tensor:
-        x = self.norm(tgt) if self.normalize_before else tgt
-        out = tgt + self.dropout(self.linear2(self.dropout(self.linear1(x, activation="relu"))))
-        return out if self.normalize_before else self.norm(out)
-
-
-def _xavier(module: nn.Module) -> None:
-    for p in module.parameters():
-        if p.dim() > 1:
-            nn.init.xavier_uniform_(p)
+        """tgt [Q, B, C] -> [Q, B, C]"""
+        return self._residual(tgt, lambda x: self.linear2(self.dropout(self.linear1(x, activation="relu"))))
 
 
 class MLP(nn.Module):
@@ -234,9 +244,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         b = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
         output = self.query_feat.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
-        if deep_supervision:
-            scaled_features = None
-        else:
+        scaled_features: list[Tensor] | None = None  # without deep supervision: mask features at each scale
+        if not deep_supervision:
             scaled_features = [
                 F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes
             ]  # 3 x [B, mask_dim, h_l, w_l]
@@ -259,7 +268,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 masks.append(torch.einsum("bqc,bchw->bqhw", embed, mask_features))
             if i == self.num_layers:
                 break
-            if deep_supervision:
+            if scaled_features is None:
                 low_res = F.interpolate(masks[-1], size=next_size, mode="bilinear", align_corners=False)
             else:
                 low_res = torch.einsum("bqc,bchw->bqhw", embed, scaled_features[i % self.num_feature_levels])
