@@ -28,7 +28,9 @@ def keep_freed_cpu_memory() -> bool:
     """Once per process: large allocations from the reused heap (see the module docstring).
     Returns whether the setting is in force; logs one line saying what was done."""
     if os.environ.get("MASK2FORMER_KEEP_FREED_MEMORY", "1") == "0":
-        logger.info("MASK2FORMER_KEEP_FREED_MEMORY=0: large CPU tensors come from fresh pages (glibc default)")
+        logger.info(
+            "MASK2FORMER_KEEP_FREED_MEMORY=0: large CPU tensors come from fresh pages (glibc default)"
+        )
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         logger.info(
