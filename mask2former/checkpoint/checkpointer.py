@@ -265,6 +265,8 @@ class Checkpointer:
             if key not in checkpoint:
                 raise KeyError(f"{path} has no {key} state to resume from")
             obj.load_state_dict(checkpoint[key])
+        if self.optimizer is not None:
+            _keep_optimizer_kernels(self.optimizer, path)
         self._load_rank_state(path, checkpoint["per_rank"])
         logger.info("Resumed from %s (iteration %d)", path, checkpoint["iteration"])
         return int(checkpoint["iteration"])
@@ -291,3 +293,23 @@ class Checkpointer:
             self.data_loader.load_state_dict(state["data_loader"])
         elif self.data_loader is not None:
             logger.warning("%s holds no data-loader position: the data order restarts", path)
+
+
+# Which kernels an optimizer runs is this run's choice (engine/solver.py), not training state; but
+# `Optimizer.load_state_dict` restores them from the checkpoint's parameter groups.
+_KERNEL_CHOICES = ("fused", "foreach")
+
+
+def _keep_optimizer_kernels(optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Put this run's kernel choices back into the parameter groups after loading `path`'s state
+    (one written with other choices, or by a version without fused kernels), with one log line."""
+    changed = set()
+    for group in optimizer.param_groups:
+        for key in _KERNEL_CHOICES:
+            if key in optimizer.defaults and group.get(key) != optimizer.defaults[key]:
+                changed.add(f"{key} {group.get(key)} -> {optimizer.defaults[key]}")
+                group[key] = optimizer.defaults[key]
+    if changed:
+        logger.info(
+            "%s's optimizer ran other kernels; this run keeps its own: %s", path, ", ".join(sorted(changed))
+        )

@@ -97,6 +97,23 @@ def test_checkpoint_restores_model_optimizer_and_rng(tmp_path):
     assert other.optimizer.state_dict()["state"][0]["step"] == ck.optimizer.state_dict()["state"][0]["step"]
 
 
+def test_resume_keeps_this_runs_fused_optimizer(tmp_path, caplog):
+    """A checkpoint of an unfused optimizer (e.g. from a release before fused kernels) resumes into
+    this run's fused one: the kernel choice is not restored from the file, the state is."""
+    ck = _checkpointer(tmp_path)  # AdamW without fused
+    ck.save("model_0000002", iteration=2)
+    model = nn.Linear(4, 3)
+    fused = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    resumed = Checkpointer(model, str(tmp_path), optimizer=fused)
+    with caplog.at_level("INFO", logger=ckpt_module.__name__):
+        resumed.load(resumed.get_checkpoint_file())
+    assert [g["fused"] for g in fused.param_groups] == [True]
+    assert "fused None -> True" in caplog.text
+    assert fused.state_dict()["state"][0]["step"] == ck.optimizer.state_dict()["state"][0]["step"]
+    model(torch.randn(2, 4)).sum().backward()
+    fused.step()  # runs the fused kernel on the restored state
+
+
 def test_rng_states_load_with_weights_only(tmp_path):
     torch.save(get_rng_states(), tmp_path / "rng.pt")
     expected = (random.random(), np.random.rand(), torch.rand(2))
