@@ -17,9 +17,21 @@ def _fsync_dir(folder: str) -> None:
 
 def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
     """Write `path` through `write(file)` so that readers see either the old file or the
-    complete new one: temporary file in the same folder, flush + fsync, `os.replace`, then an
-    fsync of the folder so the rename survives a power loss. Temporary files of `path` left by
-    a killed writer are removed first; a failed write leaves no temporary file behind."""
+    complete new one (see `atomic_save`)."""
+
+    def write_file(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    atomic_save(path, write_file)
+
+
+def atomic_save(path: str, save: Callable[[str], object]) -> None:
+    """Write `path` through `save(file_name)` (for writers that take a file name) so that readers
+    see either the old file or the complete new one: `save` writes a temporary file in the same
+    folder, which is fsync'ed and renamed with `os.replace`, then the folder is fsync'ed so the
+    rename survives a power loss. Temporary files of `path` left by a killed writer are removed
+    first; a failed write leaves no temporary file behind."""
     folder = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}.tmp."
     for stale in os.listdir(folder):  # left by a writer killed mid-write
@@ -27,9 +39,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
             os.remove(os.path.join(folder, stale))
     tmp = os.path.join(folder, f"{prefix}{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
+        save(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:

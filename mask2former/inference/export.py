@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint.atomic import atomic_save, atomic_write
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.integrity import record_sha256, recorded_sha256, sha256_path, verify_sha256
 from ..layers.ms_deform_attn import compiled_op_available, deform_attn_implementation, load_extension
@@ -123,7 +124,7 @@ def export_torch(wrapper: ExportableMaskFormer, example: Tensor, path: str | Non
     with torch.no_grad(), _deform_attn_for_tracing(wrapper, example, impl):
         program = torch.export.export(wrapper, (example,))
     if path is not None:
-        torch.export.save(program, path)
+        atomic_write(path, lambda f: torch.export.save(program, f))  # never a half-written .pt2
         record_sha256(path)
     return program, impl
 
@@ -233,7 +234,8 @@ def export_onnx(
     written = program.model.opset_imports.get("")
     if written != opset:
         raise RuntimeError(f"asked for ONNX opset {opset}, but the exporter wrote opset {written}")
-    program.save(path)
+    # one self-contained file (an external-data file would be named after the temporary file)
+    atomic_save(path, lambda tmp: program.save(tmp, external_data=False))  # never a half-written .onnx
     record_sha256(path)
 
 
