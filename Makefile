@@ -41,13 +41,13 @@ typecheck: $(STAMP)
 
 setup: $(STAMP)
 
-# torch first: setup.py imports it to build the deformable-attention op (no build isolation).
+# setuptools 77 or later reads the SPDX license fields. torch first: setup.py imports it to build the deformable-attention op (no build isolation).
 # panopticapi-lite (the PQ tests' oracle; pyproject's test-oracle extra) with --no-deps: its numpy<2
 # pin is not needed by its code.
 # Rebuilt when the build inputs change.
 $(STAMP): pyproject.toml setup.py $(wildcard mask2former/layers/csrc/*.* mask2former/layers/csrc/*/*)
 	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77"
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet --no-deps panopticapi-lite==0.2.0
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,export]"
