@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import importlib.util
 import json
@@ -613,6 +614,11 @@ def count_syncs(
     module = sys.modules[type(model).__module__]
     per_call: dict[str, list[int]] = {"panoptic_inference": [], "instance_inference": []}
     originals = {name: getattr(module, name) for name in per_call}
+    as_on_device = dict(originals)
+    if device == "cpu":  # the dry run counts what a GPU runs, not the CPU's kept-queries-first panoptic path
+        as_on_device["panoptic_inference"] = functools.partial(
+            originals["panoptic_inference"], select_kept_first=False
+        )
 
     def counted(name, fn):
         def call(*args, **kwargs):
@@ -627,16 +633,18 @@ def count_syncs(
 
     with torch.inference_mode():
         model(inputs)  # warm: first-call allocations and lazy initialisation are not counted
-        for name, fn in originals.items():
-            setattr(module, name, counted(name, fn))
         try:
+            for name, fn in as_on_device.items():
+                setattr(module, name, counted(name, fn))
             model(inputs)
+            for name, fn in as_on_device.items():
+                setattr(module, name, fn)
+            with HostSyncCounter(device) as whole:
+                whole.host(model.thing_classes_mask)  # the model keeps it on the CPU
+                model(inputs)
         finally:
             for name, fn in originals.items():
                 setattr(module, name, fn)
-        with HostSyncCounter(device) as whole:
-            whole.host(model.thing_classes_mask)  # the model keeps it on the CPU
-            model(inputs)
     return whole.count, per_call, whole.events
 
 
