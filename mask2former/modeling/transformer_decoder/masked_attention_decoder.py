@@ -232,6 +232,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             src = self.input_proj[i](f).flatten(2) + self.level_embed.weight[i][None, :, None]
             srcs.append(src.permute(2, 0, 1))  # [HW, B, C]
         b = mask_features.shape[0]
+        # In the channel-first layout the mask einsums read: one copy here when the features come
+        # channels-last (from a channels-last backbone), not one in every einsum and its backward.
+        mask_features = mask_features.contiguous()
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
         output = self.query_feat.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
         if deep_supervision:
