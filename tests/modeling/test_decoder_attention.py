@@ -1,0 +1,50 @@
+"""The decoder's `multi_head_attention` against nn.MultiheadAttention, in float32 and in bfloat16
+training (where on a CPU without AMX the attention itself runs in float32)."""
+
+import pytest
+import torch
+from torch import nn
+
+from mask2former.modeling.transformer_decoder.masked_attention_decoder import multi_head_attention
+
+
+def _inputs(lk: int):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(64, 4)
+    query, key = torch.randn(10, 2, 64), torch.randn(lk, 2, 64)
+    blocked = torch.rand(2, 1, 10, lk) < 0.3  # [B, 1, Q, HW], True = may not attend
+    blocked[:, :, 0] = False  # a query that sees everything
+    return mha, query, key, blocked
+
+
+def _reference(mha, query, key, blocked):
+    per_head = blocked.expand(-1, mha.num_heads, -1, -1).flatten(0, 1)  # [B*M, Q, HW]
+    return mha(query, key, key, attn_mask=per_head, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("lk", [7, 33])
+def test_float32_training_matches_multihead_attention(lk):
+    mha, query, key, blocked = _inputs(lk)
+    query.requires_grad_()
+    out = multi_head_attention(mha, query, key, key, blocked)
+    (grad,) = torch.autograd.grad(out.square().sum(), query)
+    query_ref = query.detach().clone().requires_grad_()
+    expected = _reference(mha, query_ref, key, blocked)
+    (grad_ref,) = torch.autograd.grad(expected.square().sum(), query_ref)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_autocast_training_close_to_float32():
+    # bfloat16 projections (8-bit mantissa): values and gradients within bfloat16 rounding of float32
+    mha, query, key, blocked = _inputs(33)
+    query.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = multi_head_attention(mha, query, key, key, blocked)
+    assert out.dtype == torch.bfloat16
+    (grad,) = torch.autograd.grad(out.float().square().sum(), query)
+    query_ref = query.detach().clone().requires_grad_()
+    expected = _reference(mha, query_ref, key, blocked)
+    (grad_ref,) = torch.autograd.grad(expected.square().sum(), query_ref)
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(grad, grad_ref, rtol=0.1, atol=0.1)
