@@ -43,10 +43,10 @@ def multi_head_attention(
     allowed = None if attn_mask is None else ~attn_mask  # [B, 1, Lq, Lk]
     dropout = mha.dropout if mha.training else 0.0
     if _attention_backward_faster_in_float32(q):
-        out = F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), attn_mask=allowed, dropout_p=dropout
-        )
-        out = out.to(q.dtype)  # [B, M, Lq, D]
+        with torch.autocast("cpu", enabled=False):  # autocast would run it in bfloat16 again
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=allowed, dropout_p=dropout
+            ).to(q.dtype)  # [B, M, Lq, D]
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)  # [B, M, Lq, D]
     return linear(out.permute(2, 0, 1, 3).reshape(lq, b, c), out_w, out_b)
