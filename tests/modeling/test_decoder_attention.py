@@ -1,12 +1,16 @@
 """The decoder's `multi_head_attention` against nn.MultiheadAttention, in float32 and in bfloat16
-training (where on a CPU without AMX the attention itself runs in float32)."""
+training (where on a CPU without AMX the attention itself runs in float32); `mask_logits` (sparse
+backward) against einsum."""
 
 import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mask2former.modeling.transformer_decoder.masked_attention_decoder import multi_head_attention
+from mask2former.modeling.transformer_decoder.masked_attention_decoder import (
+    mask_logits,
+    multi_head_attention,
+)
 
 
 def _inputs(lk: int):
@@ -66,3 +70,27 @@ def test_bfloat16_autocast_training_close_to_float32():
     (grad_ref,) = torch.autograd.grad(expected.square().sum(), query_ref)
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
     torch.testing.assert_close(grad, grad_ref, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_logits_sparse_backward_matches_einsum(dtype):
+    # the loss reaches only a few queries' masks: their rows of the gradient are not zero
+    torch.manual_seed(0)
+    embed = torch.randn(2, 10, 16, requires_grad=True)
+    features = torch.randn(2, 16, 7, 9, requires_grad=True)
+    picked = (torch.tensor([0, 0, 1]), torch.tensor([3, 8, 5]))  # (image, query) of matched masks
+
+    def loss(masks):
+        return (masks.float()[picked] * torch.linspace(-1, 1, 63).view(7, 9)).sum()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        got = mask_logits(embed, features)
+        expected = torch.einsum("bqc,bchw->bqhw", embed, features)
+    assert got.dtype == expected.dtype == dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    grads = torch.autograd.grad(loss(got), (embed, features))
+    expected_grads = torch.autograd.grad(loss(expected), (embed, features))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol)
+    assert grads[0][1, 0].abs().sum() == 0 and grads[0][0, 3].abs().sum() > 0

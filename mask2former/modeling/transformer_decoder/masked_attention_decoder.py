@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ...config import CfgNode
 from ...layers import Linear, PositionEmbeddingSine, c2_xavier_fill, linear
-from ...layers.weight_cache import inference_weights, preparing_weights_allowed
+from ...layers.weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
 from ..registry import TRANSFORMER_DECODER_REGISTRY
 
 
@@ -74,6 +74,63 @@ def _projection_weights(mha: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, 
         return tuple(weights)
     dtype = torch.get_autocast_dtype(x.device.type)
     return inference_weights(mha, weights, dtype, lambda: tuple(w.to(dtype) for w in weights))
+
+
+class _MaskLogitsSparseBackward(torch.autograd.Function):
+    """einsum("bqc,bchw->bqhw", embed, features) whose backward multiplies only the queries whose mask
+    gradient is not all zero. In training only the matched queries' masks reach the loss (a few of
+    100), so the two [Q, HW] products of the backward shrink to those rows. The result is the same:
+    an all-zero gradient row adds exactly nothing to either gradient (unless embed or features hold
+    inf or NaN, where the dense product would give NaN). Reading the rows needs the gradient's values
+    on the host: used on the CPU only."""
+
+    @staticmethod
+    def forward(ctx, embed: Tensor, features: Tensor) -> Tensor:
+        """embed [B, Q, C], features [B, C, H, W] (the same dtype) -> [B, Q, H, W]"""
+        ctx.save_for_backward(embed, features)
+        return torch.einsum("bqc,bchw->bqhw", embed, features)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        embed, features = ctx.saved_tensors
+        b, q, h, w = grad.shape
+        grad = grad.reshape(b, q, h * w).to(embed.dtype)  # [B, Q, HW]
+        flat = features.flatten(2)  # [B, C, HW]
+        active = grad.ne(0).any(-1)  # [B, Q]: queries whose mask has a gradient
+        grad_embed = torch.zeros_like(embed) if ctx.needs_input_grad[0] else None
+        grad_features = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
+        for i in range(b):
+            rows = active[i].nonzero().squeeze(1)  # [N]
+            if rows.numel() == 0:
+                continue
+            g = grad[i, rows]  # [N, HW]
+            if grad_embed is not None:
+                grad_embed[i, rows] = g @ flat[i].T  # [N, C]
+            if grad_features is not None:
+                grad_features[i] = embed[i, rows].T @ g  # [C, HW]
+        if grad_features is not None:
+            grad_features = grad_features.view(features.shape)
+        return grad_embed, grad_features
+
+
+def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
+    """embed [B, Q, C], features [B, C, H, W] -> mask logits [B, Q, H, W] (in autocast's dtype under
+    autocast); with the sparse backward of `_MaskLogitsSparseBackward` when autograd records it on
+    the CPU."""
+    if not (
+        torch.is_grad_enabled()
+        and (embed.requires_grad or features.requires_grad)
+        and embed.device.type == "cpu"
+        and not graph_capture_active()
+    ):
+        return torch.einsum("bqc,bchw->bqhw", embed, features)
+    if torch.is_autocast_enabled("cpu"):  # the casts autocast would make, recorded for the backward
+        dtype = torch.get_autocast_dtype("cpu")
+        embed, features = embed.to(dtype), features.to(dtype)
+    elif embed.dtype != features.dtype:
+        return torch.einsum("bqc,bchw->bqhw", embed, features)  # einsum reports the mismatch
+    with torch.autocast("cpu", enabled=False):
+        return _MaskLogitsSparseBackward.apply(embed, features)
 
 
 class SelfAttentionLayer(nn.Module):
@@ -279,7 +336,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             next_size = sizes[i % self.num_feature_levels]
             if deep_supervision or i == self.num_layers:
                 classes.append(self.class_embed(decoded))
-                masks.append(torch.einsum("bqc,bchw->bqhw", embed, mask_features))
+                masks.append(mask_logits(embed, mask_features))  # [B, Q, H, W]
             if i == self.num_layers:
                 break
             if deep_supervision:
