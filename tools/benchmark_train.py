@@ -16,6 +16,11 @@ variant runs `--iters` timed steps, in an order that rotates from round to round
 other processes put on the machine falls on all variants alike. On a shared machine the absolute
 times move from run to run; the ratios between variants of one run are the figures to compare.
 
+`--threads N` sets the number of PyTorch threads in every worker (default: one per core). Each
+worker imports its checkout's package before PyTorch, so it runs with that checkout's OpenMP wait
+policy (this project sets OMP_WAIT_POLICY=PASSIVE unless the environment sets one; the table
+header shows each variant's); set OMP_WAIT_POLICY in the environment to give all variants the same.
+
 Phases of one step, from hooks that exist in every version: `forward` from the model's forward
 call to the criterion's, `loss` the criterion (Hungarian matching and the losses), `backward`
 from the criterion's return to the last gradient accumulated into a parameter (includes the
@@ -117,9 +122,9 @@ def run_worker(args: argparse.Namespace) -> None:
     _channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    import mask2former  # isort: skip  (first: this checkout's OpenMP wait policy, see mask2former/utils/env.py)
     import torch
 
-    import mask2former
     from mask2former.config import get_cfg
     from mask2former.engine.defaults import seed_all_rng
     from mask2former.engine.hooks import HookBase
@@ -144,6 +149,8 @@ def run_worker(args: argparse.Namespace) -> None:
         ]
     )  # fmt: skip
     cfg.freeze()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_all_rng(0)
     device = torch.device(cfg.MODEL.DEVICE)
     h, w = args.image_size
@@ -163,7 +170,14 @@ def run_worker(args: argparse.Namespace) -> None:
         """Yields the warm-up batches, then waits for a "round" command before each round."""
         for i in range(args.warmup):
             yield batches[i % len(batches)]
-        _send({"ready": True, "package": os.path.dirname(mask2former.__file__)})
+        _send(
+            {
+                "ready": True,
+                "package": os.path.dirname(mask2former.__file__),
+                "threads": torch.get_num_threads(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (spin, then sleep)"),
+            }
+        )
         for _ in range(args.rounds):
             if sys.stdin.readline().strip() != "round":
                 return
@@ -202,6 +216,7 @@ class _Variant:
         self.label, self.amp = label, amp
         self.steps: list[dict[str, float]] = []
         self.peak_mib = float("nan")
+        self.threads, self.omp_wait_policy = 0, ""  # reported by the worker when ready
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
         command = [
             sys.executable, str(Path(__file__).resolve()), "--worker",
@@ -210,6 +225,7 @@ class _Variant:
             "--image-size", *map(str, args.image_size),
             "--amp", amp,
             "--warmup", str(args.warmup), "--iters", str(args.iters), "--rounds", str(args.rounds),
+            *(["--threads", str(args.threads)] if args.threads else []),
             *args.opts,
         ]  # fmt: skip
         # the worker's own logs go to stderr (inherited); stdout carries the JSON messages
@@ -242,6 +258,8 @@ def _print_table(variants: list[_Variant], reference: _Variant, args: argparse.N
         f"\n{args.config_file}: batch {args.batch_size} x {h}x{w}, {args.rounds} interleaved rounds of "
         f"{args.iters} steps per variant (after {args.warmup} warm-up steps)"
     )
+    for v in variants:
+        print(f"{v.label}: {v.threads} threads, OMP_WAIT_POLICY {v.omp_wait_policy}")
     columns = (*PHASES, "step", "cpu")
     header = f"{'variant':<28}" + "".join(f"{c:>11}" for c in columns)
     header += f"{'speed-up':>10}{'cpu speed-up':>14}{'peak MiB':>10}"
@@ -272,8 +290,9 @@ def run_driver(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     variants = []
     for label, root, amp in specs:  # one at a time: building and warming up is not timed
         v = _Variant(label, root, amp, args)
-        package = v.receive()["package"]
-        print(f"{label}: ready ({package})", file=sys.stderr, flush=True)
+        ready = v.receive()
+        v.threads, v.omp_wait_policy = ready["threads"], ready["omp_wait_policy"]
+        print(f"{label}: ready ({ready['package']})", file=sys.stderr, flush=True)
         variants.append(v)
     for r in range(args.rounds):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
@@ -317,11 +336,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, per variant")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--iters", type=int, default=2, help="timed steps per variant and round")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads in every worker (default: PyTorch's choice, one per core)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
     if args.worker and len(args.amp) != 1:
         parser.error("a worker runs one precision")
+    if args.threads < 0:
+        parser.error("--threads must be positive (or 0: PyTorch's default)")
     if min(args.warmup, args.rounds, args.iters) < 1:
         parser.error("--warmup, --rounds and --iters must be at least 1")
     return args

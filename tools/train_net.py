@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+import mask2former  # noqa: F401  # isort: skip  (first: sets the OpenMP wait policy before PyTorch loads)
 import torch
 
 from mask2former.checkpoint.atomic import atomic_write

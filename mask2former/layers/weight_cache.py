@@ -7,18 +7,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["inference_weights", "preparing_weights_allowed"]
+__all__ = ["graph_capture_active", "inference_weights", "preparing_weights_allowed"]
+
+
+def graph_capture_active() -> bool:
+    """Whether the model is being traced, exported or compiled (which record portable operators)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def preparing_weights_allowed() -> bool:
     """Prepared weights are plain tensors outside autograd and outside any graph: use them only without
     gradients and when nothing traces, exports or compiles the model."""
-    return (
-        not torch.is_grad_enabled()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-    )
+    return not torch.is_grad_enabled() and not graph_capture_active()
 
 
 def inference_weights(

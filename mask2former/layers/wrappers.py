@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batch_norm import FrozenBatchNorm2d
-from .weight_cache import inference_weights, preparing_weights_allowed
+from .weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
 
 _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "BN": nn.BatchNorm2d,
@@ -81,8 +81,10 @@ class Conv2d(nn.Conv2d):
         return x
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """F.conv2d, or at CPU inference oneDNN's convolution called directly: for 1x1 kernels on one
-        thread PyTorch otherwise takes its slower im2col + GEMM path."""
+        """F.conv2d, or on the CPU oneDNN's convolution called directly: for 1x1 kernels on one thread
+        PyTorch otherwise takes its slower im2col + GEMM path. At inference for every input; in training
+        (autograd records it) for channels-last inputs, whose 1x1 forward oneDNN ran ~2x faster (the
+        ResNet's; for channel-first ones at 1/4 resolution it was slower)."""
         if (
             x.device.type == "cpu"
             and x.dtype == weight.dtype
@@ -90,7 +92,7 @@ class Conv2d(nn.Conv2d):
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
             and not torch.is_autocast_enabled("cpu")  # else weight and input may need autocast's cast
-            and preparing_weights_allowed()
+            and (preparing_weights_allowed() or (_channels_last(x) and not graph_capture_active()))
             and torch.backends.mkldnn.is_available()
         ):
             return torch.ops.aten.mkldnn_convolution(
@@ -128,6 +130,10 @@ class Conv2d(nn.Conv2d):
         if fold:
             sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
         return inference_weights(self, sources, dtype if not fold else (dtype, norm.eps), make)
+
+
+def _channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def c2_msra_fill(module: nn.Conv2d | nn.Linear) -> None:

@@ -61,7 +61,7 @@ def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
         [Q, N] 1 - (2 * sum(p * t) + 1) / (sum(p) + sum(t) + 1).
     """
     probs = inputs.sigmoid()  # [Q, P]
-    numerator = 2 * probs @ targets.T  # [Q, N]
+    numerator = 2 * (probs @ targets.T)  # [Q, N]
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]  # [Q, N]
     return 1 - (numerator + 1) / (denominator + 1)
 
@@ -115,16 +115,12 @@ class HungarianMatcher(nn.Module):
             prob = logits.float().softmax(-1)  # [Q, K+1]
             cost_class = -prob[:, tgt_labels]  # [Q, N]
             point_coords = point_sampling.uniform_points((1, self.num_points, 2), device, torch.float32)
+            # All masks of the image as the channels of one map: one grid for all of them ([1, P, 2]),
+            # not a copy of the points per mask.
             tgt_points = point_sample(
-                tgt_masks.to(device=device, dtype=torch.float32)[:, None],  # [N, 1, Ht, Wt]
-                point_coords.expand(tgt_masks.shape[0], -1, -1),
-                align_corners=False,
-            ).squeeze(1)  # [N, P]
-            out_points = point_sample(
-                masks.float()[:, None],  # [Q, 1, H, W]
-                point_coords.expand(masks.shape[0], -1, -1),
-                align_corners=False,
-            ).squeeze(1)  # [Q, P]
+                tgt_masks.to(device=device, dtype=torch.float32)[None], point_coords, align_corners=False
+            )[0]  # [N, P]
+            out_points = point_sample(masks.float()[None], point_coords, align_corners=False)[0]  # [Q, P]
             cost_mask = batch_sigmoid_ce_cost(out_points, tgt_points)  # [Q, N]
             cost_dice = batch_dice_cost(out_points, tgt_points)  # [Q, N]
             cost = self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice

@@ -170,6 +170,31 @@ def test_cpu_forward_vector_widths_match_float64(dtype, channels):
 
 
 @requires_op
+@pytest.mark.parametrize("channels", [16, 32, 48, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_backward_vector_widths_match_float64(dtype, channels):
+    """D a multiple of 16 takes the AVX-512 backward where the CPU has it: the gradients equal the float64
+    op's on the same (rounded) values and output gradient, to float32 accumulation (grad_value then
+    rounded once to the value's dtype)."""
+    value, shapes, starts, locations, weights = random_inputs(
+        levels=((9, 13), (5, 7), (3, 4)), queries=37, heads=3, channels=channels, points=4
+    )
+    value_low, locations, weights = value.to(dtype), locations.float(), weights.float()
+    grad_output = torch.randn(2, 37, 3 * channels, dtype=torch.float64).to(dtype).double()  # exact in dtype
+    got = run_with_grads(compiled, (value_low, shapes, starts, locations, weights), grad_output)
+    expected = run_with_grads(
+        compiled, (value_low.double(), shapes, starts, locations.double(), weights.double()), grad_output
+    )
+    assert [t.dtype for t in got] == [dtype, dtype, torch.float32, torch.float32]
+    names = ("output", "grad_value", "grad_locations", "grad_weights")
+    for name, g, e, rounded in zip(names, got, expected, (True, True, False, False)):
+        tol = 2**-8 if rounded and dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(
+            g.double(), e, rtol=tol, atol=tol * e.abs().max().item(), msg=lambda m, name=name: f"{name}: {m}"
+        )
+
+
+@requires_op
 def test_opcheck():
     inputs = list(random_inputs(batch=1, queries=4, channels=3))
     for i in (0, 3, 4):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ...config import CfgNode
 from ...layers import Linear, PositionEmbeddingSine, c2_xavier_fill, linear
-from ...layers.weight_cache import inference_weights, preparing_weights_allowed
+from ...layers.weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
 from ..registry import TRANSFORMER_DECODER_REGISTRY
 
 
@@ -43,8 +43,28 @@ def multi_head_attention(
     v = linear(value, w_v, b_v).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
     allowed = None if attn_mask is None else ~attn_mask  # [B, 1, Lq, Lk]
     dropout = mha.dropout if mha.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)  # [B, M, Lq, D]
+    if _attention_backward_faster_in_float32(q):
+        with torch.autocast("cpu", enabled=False):  # autocast would run it in bfloat16 again
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=allowed, dropout_p=dropout
+            ).to(q.dtype)  # [B, M, Lq, D]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)  # [B, M, Lq, D]
     return linear(out.permute(2, 0, 1, 3).reshape(lq, b, c), out_w, out_b)
+
+
+def _attention_backward_faster_in_float32(q: Tensor) -> bool:
+    """Whether attention that autograd records (training) runs faster in float32 than in q's bfloat16:
+    on a CPU without AMX tiles, PyTorch's bfloat16 attention backward took 1.2-3.3x as long as the
+    float32 one at this decoder's sizes (100 queries, 8 heads of 32, 100-2304 keys; AVX-512 bf16
+    CPU, one thread), more than the casts cost. Forward-only attention is no faster in float32."""
+    return (
+        q.dtype == torch.bfloat16
+        and q.device.type == "cpu"
+        and q.requires_grad
+        and torch.is_grad_enabled()
+        and not torch.cpu._is_amx_tile_supported()
+    )
 
 
 def _projection_weights(mha: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -55,6 +75,63 @@ def _projection_weights(mha: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, 
         return weights
     dtype = torch.get_autocast_dtype(x.device.type)
     return inference_weights(mha, weights, dtype, lambda: tuple(w.to(dtype) for w in weights))
+
+
+class _MaskLogitsSparseBackward(torch.autograd.Function):
+    """einsum("bqc,bchw->bqhw", embed, features) whose backward multiplies only the queries whose mask
+    gradient is not all zero. In training only the matched queries' masks reach the loss (a few of
+    100), so the two [Q, HW] products of the backward shrink to those rows. The result is the same:
+    an all-zero gradient row adds exactly nothing to either gradient (unless embed or features hold
+    inf or NaN, where the dense product would give NaN). Reading the rows needs the gradient's values
+    on the host: used on the CPU only."""
+
+    @staticmethod
+    def forward(ctx, embed: Tensor, features: Tensor) -> Tensor:
+        """embed [B, Q, C], features [B, C, H, W] (the same dtype) -> [B, Q, H, W]"""
+        ctx.save_for_backward(embed, features)
+        return torch.einsum("bqc,bchw->bqhw", embed, features)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        embed, features = ctx.saved_tensors
+        b, q, h, w = grad.shape
+        grad = grad.reshape(b, q, h * w).to(embed.dtype)  # [B, Q, HW]
+        flat = features.flatten(2)  # [B, C, HW]
+        active = grad.ne(0).any(-1)  # [B, Q]: queries whose mask has a gradient
+        grad_embed = torch.zeros_like(embed) if ctx.needs_input_grad[0] else None
+        grad_features = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
+        for i in range(b):
+            rows = active[i].nonzero().squeeze(1)  # [N]
+            if rows.numel() == 0:
+                continue
+            g = grad[i, rows]  # [N, HW]
+            if grad_embed is not None:
+                grad_embed[i, rows] = g @ flat[i].T  # [N, C]
+            if grad_features is not None:
+                grad_features[i] = embed[i, rows].T @ g  # [C, HW]
+        if grad_features is not None:
+            grad_features = grad_features.view(features.shape)
+        return grad_embed, grad_features
+
+
+def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
+    """embed [B, Q, C], features [B, C, H, W] -> mask logits [B, Q, H, W] (in autocast's dtype under
+    autocast); with the sparse backward of `_MaskLogitsSparseBackward` when autograd records it on
+    the CPU."""
+    if not (
+        torch.is_grad_enabled()
+        and (embed.requires_grad or features.requires_grad)
+        and embed.device.type == "cpu"
+        and not graph_capture_active()
+    ):
+        return torch.einsum("bqc,bchw->bqhw", embed, features)
+    if torch.is_autocast_enabled("cpu"):  # the casts autocast would make, recorded for the backward
+        dtype = torch.get_autocast_dtype("cpu")
+        embed, features = embed.to(dtype), features.to(dtype)
+    elif embed.dtype != features.dtype:
+        return torch.einsum("bqc,bchw->bqhw", embed, features)  # einsum reports the mismatch
+    with torch.autocast("cpu", enabled=False):
+        return _MaskLogitsSparseBackward.apply(embed, features)
 
 
 class _ResidualSublayer(nn.Module):
@@ -242,6 +319,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             src = self.input_proj[i](f).flatten(2) + self.level_embed.weight[i][None, :, None]
             srcs.append(src.permute(2, 0, 1))  # [HW, B, C]
         b = mask_features.shape[0]
+        # In the channel-first layout the mask einsums read: one copy here when the features come
+        # channels-last (from a channels-last backbone), not one in every einsum and its backward.
+        mask_features = mask_features.contiguous()
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
         output = self.query_feat.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
         scaled_features: list[Tensor] | None = None  # without deep supervision: mask features at each scale
@@ -265,7 +345,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             next_size = sizes[i % self.num_feature_levels]
             if deep_supervision or i == self.num_layers:
                 classes.append(self.class_embed(decoded))
-                masks.append(torch.einsum("bqc,bchw->bqhw", embed, mask_features))
+                masks.append(mask_logits(embed, mask_features))  # [B, Q, H, W]
             if i == self.num_layers:
                 break
             if scaled_features is None:

@@ -16,7 +16,7 @@
 #include "../ms_deform_attn.h"
 
 // The kernels are also compiled for AVX2 + FMA (x86-64-v3) and picked at load time where the CPU has them.
-// The forward pass has AVX-512 paths for float32 and bfloat16 values with D a multiple of 16 (up to 64): the
+// The forward and backward passes have AVX-512 paths for float32 and bfloat16 values with D a multiple of 16 (up to 64): the
 // D channels of a head stay in 1-4 vector registers, bfloat16 values are widened by a shift and the result is
 // rounded back to bfloat16 (to nearest even, as c10::BFloat16 does) in one instruction.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__linux__)
@@ -122,6 +122,14 @@ MSDA_AVX512_TARGET inline __m512 load16(const c10::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, widened, 16));
 }
 MSDA_AVX512_TARGET inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+// The sum of the 16 lanes (by halving; _mm512_reduce_add_ps trips the same false warning).
+MSDA_AVX512_TARGET inline float sum16(__m512 v) {
+  v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0x4E));  // + the other 256 bits
+  v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0xB1));  // + the other 128 bits
+  v = _mm512_add_ps(v, _mm512_maskz_permute_ps(0xFFFF, v, 0x4E));        // + the other 64 bits
+  v = _mm512_add_ps(v, _mm512_maskz_permute_ps(0xFFFF, v, 0xB1));        // + the other 32 bits
+  return _mm512_cvtss_f32(v);
+}
 MSDA_AVX512_TARGET inline void store16(c10::BFloat16* p, __m512 v) {
   const __m256bh rounded = _mm512_cvtneps_pbh(v);
   std::memcpy(p, &rounded, sizeof(rounded));
@@ -249,6 +257,93 @@ MSDA_CPU_CLONES void backward_range(const scalar_t* grad_out, const scalar_t* va
   }
 }
 
+#if MSDA_AVX512
+// backward_range for D = 16 * kVectors channels per head: the head's output gradient stays in registers, the
+// four dot products of a sample are vector sums, and grad_value (float32) is updated 16 channels at a time.
+template <typename scalar_t, int kVectors>
+MSDA_AVX512_TARGET void backward_range_avx512(const scalar_t* grad_out, const scalar_t* value, const int64_t* shapes,
+                                              const int64_t* starts, const float* loc, const float* attn,
+                                              float* grad_value, float* grad_loc, float* grad_attn,
+                                              const MsdaSizes& n, int64_t begin, int64_t end) {
+  const int64_t pos_stride = n.M * n.D;
+  for (int64_t bm = begin; bm < end; ++bm) {
+    const int64_t b = bm / n.M, m = bm % n.M;
+    for (int64_t q = 0; q < n.Q; ++q) {
+      const int64_t bq = b * n.Q + q;
+      __m512 go[kVectors];
+      for (int i = 0; i < kVectors; ++i) {
+        go[i] = load16(grad_out + (bq * n.M + m) * n.D + 16 * i);
+      }
+      const int64_t sample0 = (bq * n.M + m) * n.L * n.P;
+      for (int64_t l = 0; l < n.L; ++l) {
+        const int64_t level_offset = (b * n.S + starts[l]) * pos_stride + m * n.D;
+        const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
+        for (int64_t p = 0; p < n.P; ++p) {
+          const int64_t s = sample0 + l * n.P + p;
+          Bilinear<float> bl;
+          if (!make_bilinear(loc[2 * s], loc[2 * s + 1], height, width, bl)) {
+            grad_attn[s] = 0;
+            grad_loc[2 * s] = 0;
+            grad_loc[2 * s + 1] = 0;
+            continue;
+          }
+          float dot[4] = {0, 0, 0, 0};
+          for (int k = 0; k < 4; ++k) {
+            if (bl.index[k] < 0) {
+              continue;
+            }
+            const int64_t offset = level_offset + bl.index[k] * pos_stride;
+            const __m512 w = _mm512_set1_ps(attn[s] * bl.weight[k]);
+            __m512 products = _mm512_setzero_ps();
+            for (int i = 0; i < kVectors; ++i) {
+              products = _mm512_fmadd_ps(go[i], load16(value + offset + 16 * i), products);
+              float* g = grad_value + offset + 16 * i;
+              _mm512_storeu_ps(g, _mm512_fmadd_ps(w, go[i], _mm512_loadu_ps(g)));
+            }
+            dot[k] = sum16(products);
+          }
+          grad_attn[s] = bilinear_value(bl, dot);
+          grad_loc[2 * s] = attn[s] * bilinear_dx(bl, dot, width);
+          grad_loc[2 * s + 1] = attn[s] * bilinear_dy(bl, dot, height);
+        }
+      }
+    }
+  }
+}
+
+// The AVX-512 backward for these values when the CPU and D allow it; false otherwise.
+template <typename scalar_t>
+bool backward_avx512(const at::Tensor& go, const at::Tensor& v, const at::Tensor& shapes, const at::Tensor& starts,
+                     const at::Tensor& loc, const at::Tensor& attn, at::Tensor& grad_value, at::Tensor& grad_loc,
+                     at::Tensor& grad_attn, const MsdaSizes& n) {
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+    static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+    if (!cpu_ok || n.D % 16 != 0 || n.D > 64) {
+      return false;
+    }
+    auto run = [&](auto vectors) {
+      parallel_chunks(n.B * n.M, 1, [&](int64_t begin, int64_t end) {
+        backward_range_avx512<scalar_t, decltype(vectors)::value>(
+            go.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
+            starts.const_data_ptr<int64_t>(), loc.const_data_ptr<float>(), attn.const_data_ptr<float>(),
+            grad_value.mutable_data_ptr<float>(), grad_loc.mutable_data_ptr<float>(),
+            grad_attn.mutable_data_ptr<float>(), n, begin, end);
+      });
+    };
+    switch (n.D / 16) {
+      case 1: run(std::integral_constant<int, 1>{}); break;
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      default: run(std::integral_constant<int, 4>{}); break;
+    }
+    return true;
+  } else {
+    return false;
+  }
+}
+#endif
+
 }  // namespace
 
 at::Tensor ms_deform_attn_forward_cpu(
@@ -304,6 +399,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   at::Tensor grad_attn = at::empty(attention_weights.sizes(), acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+#if MSDA_AVX512
+    if (backward_avx512<scalar_t>(go, v, shapes, starts, loc, attn, grad_value, grad_loc, grad_attn, n)) {
+      return;
+    }
+#endif
     // One task per (batch, head): each owns its slice of grad_value, so no atomics are needed.
     parallel_chunks(n.B * n.M, 1, [&](int64_t begin, int64_t end) {
       backward_range<scalar_t>(go.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),

@@ -1,0 +1,96 @@
+"""The decoder's `multi_head_attention` against nn.MultiheadAttention, in float32 and in bfloat16
+training (where on a CPU without AMX the attention itself runs in float32); `mask_logits` (sparse
+backward) against einsum."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mask2former.modeling.transformer_decoder.masked_attention_decoder import (
+    mask_logits,
+    multi_head_attention,
+)
+
+
+def _inputs(lk: int):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(64, 4)
+    query, key = torch.randn(10, 2, 64), torch.randn(lk, 2, 64)
+    blocked = torch.rand(2, 1, 10, lk) < 0.3  # [B, 1, Q, HW], True = may not attend
+    blocked[:, :, 0] = False  # a query that sees everything
+    return mha, query, key, blocked
+
+
+class _AttentionDtypes(TorchDispatchMode):
+    """Records the query dtype of every attention kernel that runs (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "scaled_dot_product" in func.overloadpacket.__name__:
+            self.dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def _reference(mha, query, key, blocked):
+    per_head = blocked.expand(-1, mha.num_heads, -1, -1).flatten(0, 1)  # [B*M, Q, HW]
+    return mha(query, key, key, attn_mask=per_head, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("lk", [7, 33])
+def test_float32_training_matches_multihead_attention(lk):
+    mha, query, key, blocked = _inputs(lk)
+    query.requires_grad_()
+    out = multi_head_attention(mha, query, key, key, blocked)
+    (grad,) = torch.autograd.grad(out.square().sum(), query)
+    query_ref = query.detach().clone().requires_grad_()
+    expected = _reference(mha, query_ref, key, blocked)
+    (grad_ref,) = torch.autograd.grad(expected.square().sum(), query_ref)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_autocast_training_close_to_float32():
+    # bfloat16 projections (8-bit mantissa): values and gradients within bfloat16 rounding of float32
+    mha, query, key, blocked = _inputs(33)
+    query.requires_grad_()
+    with _AttentionDtypes() as attention:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = multi_head_attention(mha, query, key, key, blocked)
+        assert out.dtype == torch.bfloat16
+        (grad,) = torch.autograd.grad(out.float().square().sum(), query)
+    # float32 where the bfloat16 attention backward is the slower one (a CPU without AMX tiles)
+    expected_dtype = torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32
+    assert attention.dtypes == {expected_dtype}
+    query_ref = query.detach().clone().requires_grad_()
+    expected = _reference(mha, query_ref, key, blocked)
+    (grad_ref,) = torch.autograd.grad(expected.square().sum(), query_ref)
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(grad, grad_ref, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_logits_sparse_backward_matches_einsum(dtype):
+    # the loss reaches only a few queries' masks: their rows of the gradient are not zero
+    torch.manual_seed(0)
+    embed = torch.randn(2, 10, 16, requires_grad=True)
+    features = torch.randn(2, 16, 7, 9, requires_grad=True)
+    picked = (torch.tensor([0, 0, 1]), torch.tensor([3, 8, 5]))  # (image, query) of matched masks
+
+    def loss(masks):
+        return (masks.float()[picked] * torch.linspace(-1, 1, 63).view(7, 9)).sum()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        got = mask_logits(embed, features)
+        expected = torch.einsum("bqc,bchw->bqhw", embed, features)
+    assert got.dtype == expected.dtype == dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    grads = torch.autograd.grad(loss(got), (embed, features))
+    expected_grads = torch.autograd.grad(loss(expected), (embed, features))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol)
+    assert grads[0][1, 0].abs().sum() == 0 and grads[0][0, 3].abs().sum() > 0
