@@ -1,7 +1,7 @@
 """Mask2Former: masked-attention Mask Transformer for universal image segmentation."""
 
-from .utils.env import prefer_passive_openmp_wait
+from .utils.env import bound_openmp_spinning
 
 __version__ = "0.1.0"
 
-prefer_passive_openmp_wait()  # before PyTorch is loaded (see its docstring)
+bound_openmp_spinning()  # before PyTorch is loaded (see its docstring)

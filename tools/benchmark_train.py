@@ -18,8 +18,8 @@ times move from run to run; the ratios between variants of one run are the figur
 
 `--threads N` sets the number of PyTorch threads in every worker (default: one per core). Each
 worker imports its checkout's package before PyTorch, so it runs with that checkout's OpenMP wait
-policy (this project sets OMP_WAIT_POLICY=PASSIVE unless the environment sets one; the table
-header shows each variant's); set OMP_WAIT_POLICY in the environment to give all variants the same.
+policy (this project sets GOMP_SPINCOUNT=2000 unless the environment sets a wait variable; the table
+header shows each variant's); set GOMP_SPINCOUNT in the environment to give all variants the same.
 
 Phases of one step, from hooks that exist in every version: `forward` from the model's forward
 call to the criterion's, `loss` the criterion (Hungarian matching and the losses), `backward`
@@ -115,6 +115,16 @@ def _send(message: dict) -> None:
     _channel.flush()
 
 
+def _openmp_wait_setting() -> str:
+    """How this process's OpenMP threads wait, from the variables that choose it."""
+    chosen = [
+        f"{name}={os.environ[name]}"
+        for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+        if name in os.environ
+    ]
+    return ", ".join(chosen) or "default (GNU: spin 300000, then sleep)"
+
+
 def run_worker(args: argparse.Namespace) -> None:
     """Build the trainer, take the warm-up steps, then one round of `--iters` timed steps per
     "round" line on stdin; answer each round with a JSON line of per-step phase times."""
@@ -175,7 +185,7 @@ def run_worker(args: argparse.Namespace) -> None:
                 "ready": True,
                 "package": os.path.dirname(mask2former.__file__),
                 "threads": torch.get_num_threads(),
-                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (spin, then sleep)"),
+                "omp_wait_policy": _openmp_wait_setting(),
             }
         )
         for _ in range(args.rounds):
@@ -259,7 +269,7 @@ def _print_table(variants: list[_Variant], reference: _Variant, args: argparse.N
         f"{args.iters} steps per variant (after {args.warmup} warm-up steps)"
     )
     for v in variants:
-        print(f"{v.label}: {v.threads} threads, OMP_WAIT_POLICY {v.omp_wait_policy}")
+        print(f"{v.label}: {v.threads} threads, OpenMP wait: {v.omp_wait_policy}")
     columns = (*PHASES, "step", "cpu")
     header = f"{'variant':<28}" + "".join(f"{c:>11}" for c in columns)
     header += f"{'speed-up':>10}{'cpu speed-up':>14}{'peak MiB':>10}"
