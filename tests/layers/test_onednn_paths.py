@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mask2former.layers import Conv2d, Linear
+from mask2former.layers import Conv2d, Linear, linear
 
 needs_onednn = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN (mkldnn)"
@@ -69,11 +69,15 @@ class _AtenOps(TorchDispatchMode):
 
 
 @needs_onednn
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_conv2d_training_1x1_gradients_match_f_conv2d(channels_last):
-    # in training oneDNN is called directly for channels-last inputs only (the ResNet's)
+@pytest.mark.parametrize(
+    ("kernel_size", "channels_last", "onednn_op"),
+    [(1, True, "_linear_pointwise"), (3, True, "mkldnn_convolution"), (1, False, None)],
+)
+def test_conv2d_training_gradients_match_f_conv2d(kernel_size, channels_last, onednn_op):
+    # in training oneDNN is called directly for channels-last inputs only (the ResNet's): a 1x1
+    # convolution as a linear layer over the channels (forward and backward), others as a convolution
     torch.manual_seed(0)
-    conv = Conv2d(16, 24, kernel_size=1)
+    conv = Conv2d(16, 24, kernel_size=kernel_size, padding=kernel_size // 2)
     x = torch.randn(1, 16, 19, 23)
     if channels_last:
         conv.to(memory_format=torch.channels_last)
@@ -89,11 +93,37 @@ def test_conv2d_training_1x1_gradients_match_f_conv2d(channels_last):
         x_ref = x.detach().clone().requires_grad_()
         w_ref = conv.weight.detach().clone().requires_grad_()
         b_ref = conv.bias.detach().clone().requires_grad_()
-        expected = F.conv2d(x_ref, w_ref, b_ref)
+        expected = F.conv2d(x_ref, w_ref, b_ref, padding=kernel_size // 2)
         expected.square().sum().backward()
     finally:
         torch.set_num_threads(threads)
-    assert ("mkldnn_convolution" in ops.names) == channels_last
+    called = ops.names & {"_linear_pointwise", "mkldnn_convolution"}
+    assert called == ({onednn_op} if onednn_op else set()), ops.names
+    if onednn_op == "_linear_pointwise":
+        assert "convolution_backward" not in ops.names
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, [x_ref.grad, w_ref.grad, b_ref.grad]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("shape", [(5, 7, 16), (33, 16)])
+def test_linear_training_on_onednn_matches_float64(activation, shape):
+    """float32 training: forward and the three backward products on oneDNN, against float64 F.linear."""
+    torch.manual_seed(0)
+    x64 = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)
+    b64 = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    x, w, b = (t.detach().float().requires_grad_() for t in (x64, w64, b64))
+    with _AtenOps() as ops:
+        out = linear(x, w, b, activation)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+    assert "_linear_pointwise" in ops.names and not ops.names & {"mm", "addmm"}, ops.names
+    expected = F.linear(x64, w64, b64)
+    expected = expected.relu() if activation == "relu" else expected
+    expected.backward(grad.double())
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
+    for got, want in zip((x.grad, w.grad, b.grad), (x64.grad, w64.grad, b64.grad)):
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
