@@ -116,7 +116,8 @@ def _send(message: dict) -> None:
 
 
 def _openmp_wait_setting() -> str:
-    """How this process's OpenMP threads wait, from the variables that choose it."""
+    """How this process's OpenMP threads wait, from the variables that choose it (named here, not
+    imported from mask2former.utils.env: the worker may run a checkout that predates it)."""
     chosen = [
         f"{name}={os.environ[name]}"
         for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")

@@ -71,7 +71,9 @@ def panoptic_inference(
     num_classes = mask_cls.shape[-1] - 1
     scores, labels = mask_cls.softmax(-1).max(-1)  # [Q]
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)  # [Q]
-    if mask_probs.device.type == "cpu" if select_kept_first is None else select_kept_first:
+    if select_kept_first is None:
+        select_kept_first = mask_probs.device.type == "cpu"
+    if select_kept_first:
         kept = keep.nonzero().view(-1)  # [N]
         if len(kept) == 0:
             return torch.zeros(mask_probs.shape[-2:], dtype=torch.int32, device=mask_probs.device), []

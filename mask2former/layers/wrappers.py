@@ -82,10 +82,12 @@ class Conv2d(nn.Conv2d):
         return x
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """F.conv2d, or on the CPU oneDNN's convolution called directly: for 1x1 kernels on one thread
-        PyTorch otherwise takes its slower im2col + GEMM path. At inference for every input; in training
-        (autograd records it) for channels-last inputs, whose 1x1 forward oneDNN ran ~2x faster (the
-        ResNet's; for channel-first ones at 1/4 resolution it was slower)."""
+        """F.conv2d, or on the CPU oneDNN called directly: for 1x1 kernels on one thread PyTorch
+        otherwise takes its slower im2col + GEMM path. At inference oneDNN's convolution for every
+        input. In float32 training (autograd records it), for channels-last inputs only (the
+        ResNet's; for channel-first ones at 1/4 resolution oneDNN was slower): a 1x1 stride-1
+        convolution as a oneDNN linear layer over the channels (forward and backward), other kernels as
+        oneDNN's convolution."""
         if self._is_pointwise() and _channels_last(x) and onednn_training_path(x, weight):
             # A 1x1 convolution is a linear layer over the channels, contiguous here: on oneDNN with its
             # backward as matrix products ([NHW, C] views), where PyTorch's convolution backward took its
