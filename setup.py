@@ -16,6 +16,7 @@ compilation when ninja is installed.
 
 import glob
 import os
+import sys
 import sysconfig
 
 from setuptools import setup
@@ -54,12 +55,29 @@ def _cuda_header_dirs() -> list[str]:
     return sorted(glob.glob(os.path.join(site, "nvidia", "cu[0-9]*", "include")))
 
 
+def _openmp_flags() -> list[str]:
+    """ATen's `parallel_for` is a header template: compiled without OpenMP it runs every CPU kernel on one
+    thread. With `-fopenmp` the extension needs libgomp.so.1, which torch has loaded already, so the kernels
+    share torch's own thread pool."""
+    if sys.platform != "linux" or "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        print(
+            "setup.py: torch does not run on OpenMP here; the CPU kernels of mask2former._C run on one thread"
+        )
+        return []
+    return ["-fopenmp"]
+
+
 def extensions() -> list:
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
-    cxx_flags = ["-O3"]
+    openmp = _openmp_flags()
+    cxx_flags = ["-O3", *openmp]
     if not _want_cuda():
         print("setup.py: building mask2former._C with CPU kernels only (FORCE_CUDA=1 adds the CUDA kernels)")
-        return [CppExtension("mask2former._C", sources, extra_compile_args={"cxx": cxx_flags})]
+        return [
+            CppExtension(
+                "mask2former._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp
+            )
+        ]
     if not torch.cuda.is_available():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs")
@@ -74,6 +92,7 @@ def extensions() -> list:
             include_dirs=_cuda_header_dirs(),
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+            extra_link_args=openmp,
         )
     ]
 

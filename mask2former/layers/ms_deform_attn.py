@@ -154,6 +154,12 @@ def load_extension() -> ModuleType | None:
             raise ImportError(
                 f"{_EXTENSION} is installed but does not load ({err}); re-{BUILD_HINT}"
             ) from err
+        if not module.WITH_OPENMP and "ATen parallel backend: OpenMP" in torch.__config__.parallel_info():
+            warnings.warn(
+                f"{_EXTENSION} was built without OpenMP, so its CPU kernels run on one thread; re-{BUILD_HINT}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         torch.library.register_fake(_OP_NAME)(_fake_forward)
         torch.library.register_fake(_BACKWARD_NAME)(_fake_backward)
         torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)

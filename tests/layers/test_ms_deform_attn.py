@@ -1,6 +1,7 @@
 """Multi-scale deformable attention: the compiled op (CPU, CUDA) against the PyTorch reference and the fixture."""
 
 import importlib
+import sys
 import warnings
 
 import pytest
@@ -315,6 +316,18 @@ def test_fallback_warns_once_when_the_op_is_missing(monkeypatch):
     torch.testing.assert_close(second, expected, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="impl='compiled'"):
         ms_deform_attn(*inputs, impl="compiled")
+
+
+@requires_op
+@pytest.mark.skipif(sys.platform != "linux", reason="setup.py compiles with OpenMP on Linux")
+def test_cpu_kernels_run_on_torchs_openmp_threads():
+    """ATen's parallel_for runs on one thread in an extension compiled without OpenMP; compiled with it, the
+    extension shares the libgomp that torch loaded (one OpenMP runtime, one thread pool, in the process)."""
+    assert "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    assert msda_module.load_extension().WITH_OPENMP
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
 
 
 @requires_cuda_op

@@ -161,7 +161,13 @@ PyMODINIT_FUNC PyInit__C(void) {
 #else
   PyObject* with_cuda = Py_False;
 #endif
-  if (PyModule_AddObjectRef(module, "WITH_CUDA", with_cuda) < 0) {
+#ifdef _OPENMP
+  PyObject* with_openmp = Py_True;  // at::parallel_for runs the CPU kernels on torch's threads
+#else
+  PyObject* with_openmp = Py_False;
+#endif
+  if (PyModule_AddObjectRef(module, "WITH_CUDA", with_cuda) < 0 ||
+      PyModule_AddObjectRef(module, "WITH_OPENMP", with_openmp) < 0) {
     Py_DECREF(module);
     return nullptr;
   }
