@@ -13,7 +13,9 @@ Results agree with `F.linear` to float32 rounding (a different summation order).
 In float32 CPU training (autograd records the call, no autocast) `linear` runs `_OneDNNLinear`: the
 forward and the three products of its backward on oneDNN as well. MKL's sgemm reached 83-99 GFLOP/s
 on this project's AMD development machine for the pixel decoder's feed-forward shapes, oneDNN
-147-235 GFLOP/s (the weight gradient pays for transposed copies of its operands).
+147-235 GFLOP/s. The weight gradient runs oneDNN's inner-product backward-weights primitive, which reads
+the gradient and the input as they are stored: computing it as a product of their transposes paid for
+two transposed copies, which PyTorch makes on one thread.
 """
 
 from __future__ import annotations
@@ -75,12 +77,15 @@ class _OneDNNLinear(torch.autograd.Function):
             grad = torch.ops.aten.threshold_backward(grad, out, 0)
         grad_2d = grad.reshape(-1, weight.shape[0])  # [N, C_out]
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:  # grad [N, C_out] x weight [C_out, C_in]
-            grad_x = _onednn_linear(grad_2d, weight.t().contiguous()).view(x.shape)
-        if ctx.needs_input_grad[1]:  # grad^T [C_out, N] x x [N, C_in]
+        if ctx.needs_input_grad[0]:  # grad [N, C_out] x weight [C_out, C_in], read as a transposed view
+            grad_x = _onednn_linear(grad_2d, weight.t()).view(x.shape)
+        if ctx.needs_input_grad[1]:  # grad^T [C_out, N] x x [N, C_in], and the bias's sum over N alongside
             x_2d = x.reshape(-1, weight.shape[1])
-            grad_weight = _onednn_linear(grad_2d.t().contiguous(), x_2d.t().contiguous())
-        if ctx.needs_input_grad[2]:
+            grad_weight, bias_sum = torch.ops.aten.mkldnn_linear_backward_weights(
+                grad_2d.to_mkldnn(), x_2d.to_mkldnn(), weight, ctx.needs_input_grad[2]
+            )
+            grad_bias = bias_sum if ctx.needs_input_grad[2] else None
+        elif ctx.needs_input_grad[2]:
             grad_bias = grad_2d.sum(0)
         return grad_x, grad_weight, grad_bias, None
 

@@ -127,3 +127,39 @@ def test_linear_training_on_onednn_matches_float64(activation, shape):
     torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
     for got, want in zip((x.grad, w.grad, b.grad), (x64.grad, w64.grad, b64.grad)):
         torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "trainable, with_bias",
+    [
+        (("x", "weight"), True),
+        (("x", "weight"), False),
+        (("weight",), False),
+        (("x",), True),
+        (("x", "bias"), True),
+    ],
+)
+def test_linear_training_on_onednn_gives_exactly_the_gradients_asked_for(trainable, with_bias):
+    """Frozen weights, frozen inputs, no bias: each gradient autograd asks for matches float64, the others stay None."""
+    torch.manual_seed(1)
+    x64 = torch.randn(40, 16, dtype=torch.float64, requires_grad="x" in trainable)
+    w64 = torch.randn(12, 16, dtype=torch.float64, requires_grad="weight" in trainable)
+    b64 = torch.randn(12, dtype=torch.float64, requires_grad="bias" in trainable) if with_bias else None
+    tensors64 = {"x": x64, "weight": w64, "bias": b64}
+    tensors = {
+        k: None if t is None else t.detach().float().requires_grad_(t.requires_grad)
+        for k, t in tensors64.items()
+    }
+    grad = torch.randn(40, 12, dtype=torch.float64)
+    with _AtenOps() as ops:
+        linear(tensors["x"], tensors["weight"], tensors["bias"]).backward(grad.float())
+    assert "_linear_pointwise" in ops.names, ops.names
+    F.linear(x64, w64, b64).backward(grad)
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if name in trainable:
+            torch.testing.assert_close(tensor.grad, tensors64[name].grad.float(), rtol=1e-5, atol=1e-5)
+        else:
+            assert tensor.grad is None, name
