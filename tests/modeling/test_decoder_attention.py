@@ -94,3 +94,22 @@ def test_mask_logits_sparse_backward_matches_einsum(dtype):
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=tol, atol=tol)
     assert grads[0][1, 0].abs().sum() == 0 and grads[0][0, 3].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "batch, picked",
+    [(1, ([0], [4])), (3, ([0, 2, 2], [1, 0, 9]))],  # one image; three images, the middle one unmatched
+    ids=["one-image", "unmatched-image"],
+)
+@pytest.mark.parametrize("trainable", ["embed", "features", "both"])
+def test_mask_logits_sparse_backward_gives_the_gradients_asked_for(batch, picked, trainable):
+    torch.manual_seed(1)
+    embed = torch.randn(batch, 10, 16, requires_grad=trainable in ("embed", "both"))
+    features = torch.randn(batch, 16, 5, 6, requires_grad=trainable in ("features", "both"))
+    weights = torch.randn(len(picked[0]), 5, 6)
+    inputs = [t for t in (embed, features) if t.requires_grad]
+    got = torch.autograd.grad((mask_logits(embed, features)[picked] * weights).sum(), inputs)
+    expected = torch.einsum("bqc,bchw->bqhw", embed.double(), features.double())
+    expected_grads = torch.autograd.grad((expected[picked] * weights.double()).sum(), inputs)
+    for g, e in zip(got, expected_grads):
+        torch.testing.assert_close(g, e.float(), rtol=1e-5, atol=1e-5)

@@ -99,19 +99,19 @@ class _MaskLogitsSparseBackward(torch.autograd.Function):
         flat = features.flatten(2)  # [B, C, HW]
         active = grad.ne(0).any(-1)  # [B, Q]: queries whose mask has a gradient
         grad_embed = torch.zeros_like(embed) if ctx.needs_input_grad[0] else None
-        grad_features = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
+        grad_features = []  # per image [C, HW], each written once by its product (no zero fill first)
         for i in range(b):
             rows = active[i].nonzero().squeeze(1)  # [N]
-            if rows.numel() == 0:
-                continue
             g = grad[i, rows]  # [N, HW]
-            if grad_embed is not None:
-                grad_embed[i, rows] = g @ flat[i].T  # [N, C]
-            if grad_features is not None:
-                grad_features[i] = embed[i, rows].T @ g  # [C, HW]
-        if grad_features is not None:
-            grad_features = grad_features.view(features.shape)
-        return grad_embed, grad_features
+            if grad_embed is not None and rows.numel():
+                grad_embed[i, rows] = linear(g, flat[i])  # [N, HW] x [C, HW]^T -> [N, C]
+            if ctx.needs_input_grad[1]:  # [C, N] x [HW, N]^T -> [C, HW]
+                product = linear(embed[i, rows].T.contiguous(), g.T.contiguous()) if rows.numel() else None
+                grad_features.append(flat.new_zeros(flat.shape[1:]) if product is None else product)
+        if not ctx.needs_input_grad[1]:
+            return grad_embed, None
+        stacked = grad_features[0].unsqueeze(0) if b == 1 else torch.stack(grad_features)  # [B, C, HW]
+        return grad_embed, stacked.view(features.shape)
 
 
 def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
