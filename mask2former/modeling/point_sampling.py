@@ -45,7 +45,8 @@ def point_sample(input: Tensor, point_coords: Tensor, **grid_sample_kwargs) -> T
 
     Args:
         input: [N, C, H, W] maps.
-        point_coords: [N, P, 2] points in [0, 1], (x, y) order; or [N, Hg, Wg, 2] for a grid.
+        point_coords: [N, P, 2] points in [0, 1], (x, y) order; or [N, Hg, Wg, 2] for a grid. A leading
+            size of 1 shares the points with all N maps (expanded as a view, not copied).
         grid_sample_kwargs: passed to `F.grid_sample` (`align_corners`, `mode`, `padding_mode`).
             The original always passes `align_corners=False`, which is also the default here.
     Returns:
@@ -57,7 +58,7 @@ def point_sample(input: Tensor, point_coords: Tensor, **grid_sample_kwargs) -> T
         raise ValueError(
             f"point_sample expects point_coords [N, P, 2] or [N, Hg, Wg, 2], got {tuple(point_coords.shape)}"
         )
-    if point_coords.shape[0] != input.shape[0]:
+    if point_coords.shape[0] not in (1, input.shape[0]):
         raise ValueError(
             f"point_sample: input has {input.shape[0]} maps but point_coords has {point_coords.shape[0]}"
         )
@@ -66,6 +67,7 @@ def point_sample(input: Tensor, point_coords: Tensor, **grid_sample_kwargs) -> T
     grid = 2.0 * point_coords - 1.0  # [N, P, 2] in [-1, 1]
     if add_dim:
         grid = grid.unsqueeze(2)  # [N, P, 1, 2]
+    grid = grid.expand(input.shape[0], *grid.shape[1:])
     output = F.grid_sample(input, grid.to(input.dtype), **grid_sample_kwargs)  # [N, C, P, 1]
     if add_dim:
         output = output.squeeze(3)  # [N, C, P]

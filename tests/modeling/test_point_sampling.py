@@ -37,6 +37,17 @@ def test_point_sample_grid_form_and_errors():
         point_sample(image, torch.rand(3, 5, 2))
 
 
+@pytest.mark.parametrize("coords_shape", [(1, 7, 2), (1, 3, 4, 2)], ids=["points", "grid"])
+def test_point_sample_shares_one_set_of_points_with_all_maps(coords_shape):
+    image = torch.randn(4, 2, 5, 6)
+    coords = torch.rand(coords_shape)
+    shared = point_sample(image, coords)
+    repeated = point_sample(image, coords.repeat(4, *([1] * (coords.dim() - 1))))
+    torch.testing.assert_close(shared, repeated, rtol=0, atol=0)
+    for i in range(4):
+        torch.testing.assert_close(shared[i : i + 1], point_sample(image[i : i + 1], coords), rtol=0, atol=0)
+
+
 def test_uncertain_points_keep_most_uncertain_then_random(monkeypatch):
     # Logits = x coordinate - 0.5: uncertainty is highest for candidates with x closest to 0.5.
     logits = (torch.linspace(0, 1, 64) - 0.5).expand(1, 1, 64, 64).contiguous()  # [1, 1, 64, 64]
