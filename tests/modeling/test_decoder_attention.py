@@ -113,3 +113,23 @@ def test_mask_logits_sparse_backward_gives_the_gradients_asked_for(batch, picked
     expected_grads = torch.autograd.grad((expected[picked] * weights.double()).sum(), inputs)
     for g, e in zip(got, expected_grads):
         torch.testing.assert_close(g, e.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_mask_logits_without_gradient_match_einsum(batch, dtype, channels_last):
+    """Inference: one oneDNN product per image on the CPU, the same values as einsum's batched product."""
+    torch.manual_seed(2)
+    embed = torch.randn(batch, 10, 16, dtype=dtype)
+    features = torch.randn(batch, 16, 7, 9, dtype=dtype)
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = mask_logits(embed, features)
+    expected = torch.einsum("bqc,bchw->bqhw", embed.double(), features.double())
+    assert got.dtype == dtype and got.shape == (batch, 10, 7, 9)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mask_logits(embed.float(), features.float()).dtype == torch.bfloat16
