@@ -47,8 +47,18 @@ def batch_sigmoid_ce_cost(inputs: Tensor, targets: Tensor) -> Tensor:
         [Q, N] mean over points of BCE-with-logits(inputs[q], targets[n]).
     """
     num_points = inputs.shape[1]
-    cost = F.softplus(inputs).sum(-1, keepdim=True) - inputs @ targets.T  # [Q, N]
+    cost = _softplus_sum(inputs)[:, None] - inputs @ targets.T  # [Q, N]
     return cost / num_points
+
+
+def _softplus_sum(x: Tensor) -> Tensor:
+    """[Q, P] -> sum over P of softplus(x) [Q]. On the CPU as max(x, 0) + log(1 + exp(-|x|)): PyTorch's
+    CPU softplus and log1p are not vectorised (7 ms for [100, 12544] on 2 threads), exp and log are
+    (under 1.5 ms together). 1 + exp(-|x|) lies in (1, 2], where log is off from log1p by at most
+    float32's rounding of 1 + exp(-|x|), about 6e-8 per point."""
+    if x.device.type != "cpu":
+        return F.softplus(x).sum(-1)
+    return x.clamp_min(0).sum(-1) + x.abs().neg_().exp_().add_(1).log_().sum(-1)
 
 
 def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:

@@ -123,7 +123,11 @@ def get_uncertain_point_coords_with_randomness(
     point_uncertainties = uncertainty_func(point_logits)  # [N, 1, M]
     num_uncertain = int(importance_sample_ratio * num_points)
     num_random = num_points - num_uncertain
-    idx = torch.topk(point_uncertainties[:, 0, :], k=num_uncertain, dim=1)[1]  # [N, num_uncertain]
+    # The most uncertain points as a set (their order only changes the summation order of the point
+    # losses); unsorted, the CPU's topk takes a third of the time.
+    idx = torch.topk(point_uncertainties[:, 0, :], k=num_uncertain, dim=1, sorted=False)[
+        1
+    ]  # [N, num_uncertain]
     point_coords = torch.gather(point_coords, 1, idx.unsqueeze(-1).expand(-1, -1, 2))  # [N, num_uncertain, 2]
     if num_random > 0:
         random_coords = uniform_points((num_masks, num_random, 2), device, dtype)  # [N, num_random, 2]

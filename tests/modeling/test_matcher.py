@@ -45,11 +45,12 @@ def test_cost_functions_closed_form():
     torch.testing.assert_close(batch_dice_cost(logits, targets), expected_dice)
 
 
-def test_sigmoid_ce_cost_matches_elementwise_bce_at_the_training_size():
+@pytest.mark.parametrize("scale", [1.0, 12.0], ids=["unsure", "confident"])
+def test_sigmoid_ce_cost_matches_elementwise_bce_at_the_training_size(scale):
     """The closed form (softplus row sum minus one product) against element-wise BCE in float64,
-    with confident logits and soft targets at P = 12544 points."""
+    with unsure or confident logits and soft targets at P = 12544 points."""
     generator = torch.Generator().manual_seed(0)
-    logits = 12 * torch.randn(100, 12544, generator=generator)  # [Q, P]
+    logits = scale * torch.randn(100, 12544, generator=generator)  # [Q, P]
     targets = torch.rand(7, 12544, generator=generator).round()  # [N, P]
     targets[0] = torch.rand(12544, generator=generator)  # a soft (bilinearly sampled) target
     bce = torch.nn.functional.binary_cross_entropy_with_logits
