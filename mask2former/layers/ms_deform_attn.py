@@ -120,6 +120,12 @@ def _fake_backward(
     return grad_value, grad_locations, grad_weights
 
 
+def _fake_sample_shared_points(maps: Tensor, points: Tensor) -> Tensor:
+    """Output metadata of `mask2former::sample_shared_points` (the matcher's point reader, see
+    modeling/point_sampling.py): maps [N, H, W], points [P, 2] -> [N, P]."""
+    return maps.new_empty((maps.shape[0], points.shape[0]))
+
+
 def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
@@ -162,6 +168,7 @@ def load_extension() -> ModuleType | None:
             )
         torch.library.register_fake(_OP_NAME)(_fake_forward)
         torch.library.register_fake(_BACKWARD_NAME)(_fake_backward)
+        torch.library.register_fake("mask2former::sample_shared_points")(_fake_sample_shared_points)
         torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
     _loaded["module"] = module
     return module

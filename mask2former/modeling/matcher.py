@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..config import CfgNode
 from . import point_sampling
-from .point_sampling import point_sample
+from .point_sampling import sample_shared_points
 
 __all__ = ["MAX_COST", "HungarianMatcher", "batch_dice_cost", "batch_sigmoid_ce_cost"]
 
@@ -76,13 +76,6 @@ def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-def _sample_at_shared_points(masks: Tensor, point_coords: Tensor) -> Tensor:
-    """masks [N, H, W] read at the same points [1, P, 2] -> [N, P]. Each mask is its own one-channel map
-    and the points are shared by all of them (a view, not a copy per mask): grid_sample's CPU kernel
-    parallelises over maps, and reads one mask at a time instead of all N masks at every point."""
-    return point_sample(masks[:, None], point_coords, align_corners=False)[:, 0]
-
-
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets minimising the weighted cost (no learnable state)."""
 
@@ -132,10 +125,9 @@ class HungarianMatcher(nn.Module):
             prob = logits.float().softmax(-1)  # [Q, K+1]
             cost_class = -prob[:, tgt_labels]  # [Q, N]
             point_coords = point_sampling.uniform_points((1, self.num_points, 2), device, torch.float32)
-            tgt_points = _sample_at_shared_points(
-                tgt_masks.to(device=device, dtype=torch.float32), point_coords
-            )
-            out_points = _sample_at_shared_points(masks.float(), point_coords)  # [Q, P]
+            # Every mask at the same points, one draw per image ([1, P, 2]).
+            tgt_points = sample_shared_points(tgt_masks.to(device=device, dtype=torch.float32), point_coords)
+            out_points = sample_shared_points(masks.float(), point_coords)  # [Q, P]
             cost_mask = batch_sigmoid_ce_cost(out_points, tgt_points)  # [Q, N]
             cost_dice = batch_dice_cost(out_points, tgt_points)  # [Q, N]
             cost = self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice

@@ -20,10 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..layers.ms_deform_attn import compiled_op_available
+
 __all__ = [
     "calculate_uncertainty",
     "get_uncertain_point_coords_with_randomness",
     "point_sample",
+    "sample_shared_points",
     "uniform_points",
 ]
 
@@ -72,6 +75,31 @@ def point_sample(input: Tensor, point_coords: Tensor, **grid_sample_kwargs) -> T
     if add_dim:
         output = output.squeeze(3)  # [N, C, P]
     return output
+
+
+def sample_shared_points(maps: Tensor, point_coords: Tensor) -> Tensor:
+    """Read N one-channel maps at the same points, without gradient (the matcher's reading of all
+    of an image's masks at one draw of points).
+
+    Args:
+        maps: [N, H, W].
+        point_coords: [1, P, 2] points in [0, 1], (x, y) order.
+    Returns:
+        [N, P], the values of `point_sample(maps[:, None], point_coords)[:, 0]`. Float32 maps on the
+        CPU are read by the compiled `mask2former::sample_shared_points`, which computes each point's
+        corners and weights once for all maps and reads one whole map at a time per thread (0.7
+        against 1.5 ms for 100 maps of 96x96 at 12544 points on 2 threads); results agree with
+        grid_sample's to float32 rounding of the point positions.
+    """
+    recorded = torch.is_grad_enabled() and maps.requires_grad
+    if (
+        maps.device.type == "cpu"
+        and maps.dtype == torch.float32
+        and not recorded
+        and compiled_op_available("cpu")
+    ):
+        return torch.ops.mask2former.sample_shared_points(maps, point_coords[0])
+    return point_sample(maps[:, None], point_coords, align_corners=False)[:, 0]
 
 
 def calculate_uncertainty(logits: Tensor) -> Tensor:

@@ -1,11 +1,13 @@
 import pytest
 import torch
 
+from mask2former.layers.ms_deform_attn import compiled_op_available
 from mask2former.modeling import point_sampling
 from mask2former.modeling.point_sampling import (
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
     point_sample,
+    sample_shared_points,
 )
 
 
@@ -78,3 +80,34 @@ def test_uncertain_points_shapes_without_random_part():
         get_uncertain_point_coords_with_randomness(
             torch.randn(3, 2, 8, 8), calculate_uncertainty, 10, 2.0, 1.0
         )
+
+
+@pytest.mark.parametrize("size", [(96, 96), (7, 5), (1, 1)])
+def test_sample_shared_points_compiled_matches_grid_sample(size):
+    """The compiled CPU reader against grid_sample (align_corners=False, zero padding), with points on the
+    borders and corners of the map where corners fall outside."""
+    assert compiled_op_available("cpu"), "mask2former._C is not built"
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(9, *size, generator=generator)  # [N, H, W]
+    points = torch.rand(1, 500, 2, generator=generator)
+    points[0, :6] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.999, 0.001]])
+    got = sample_shared_points(maps, points)
+    expected = point_sample(maps[:, None].double(), points.double())[:, 0]  # [N, P]
+    assert got.shape == (9, 500) and got.dtype == torch.float32
+    # float32 rounding of the point positions (about 1e-5 of a pixel at 96) against float64
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_shared_points_fallbacks_and_checks():
+    maps = torch.randn(4, 6, 8)
+    points = torch.rand(1, 30, 2)
+    expected = point_sample(maps[:, None], points)[:, 0]
+    for variant in (maps.double(), maps.clone().requires_grad_()):  # float64, or recorded by autograd
+        got = sample_shared_points(variant, points)
+        torch.testing.assert_close(got.float(), expected, rtol=1e-5, atol=1e-5)
+        assert got.requires_grad == variant.requires_grad
+    with pytest.raises(RuntimeError, match="points must be float32"):
+        torch.ops.mask2former.sample_shared_points(maps, points[0].double())
+    with pytest.raises(RuntimeError, match=r"maps must be float32 \[N, H, W\]"):
+        torch.ops.mask2former.sample_shared_points(maps[None], points[0])
+    torch.library.opcheck(torch.ops.mask2former.sample_shared_points, (maps, points[0]))
