@@ -227,21 +227,27 @@ def filter_panoptic(panoptic_seg: torch.Tensor, segments: list[dict], threshold:
 
 def draw_predictions(
     image_rgb: np.ndarray, predictions: dict, metadata, task: str, confidence_threshold: float, scale: float
-) -> tuple[np.ndarray, int]:
-    """Draw one image's predictions. Returns (RGB image, number of instances drawn; for
-    panoptic results the number of thing segments)."""
+) -> tuple[np.ndarray, int, str]:
+    """Draw one image's predictions. Returns (RGB image, number of instances drawn (for panoptic
+    results the number of thing segments, for semantic ones 0), what was drawn in words)."""
     from mask2former.utils.visualizer import Visualizer
 
     task = choose_task(task, predictions)
     vis = Visualizer(image_rgb, metadata, scale=scale)
     if task == "panoptic":
         pan, segments = filter_panoptic(*predictions["panoptic_seg"], confidence_threshold)
-        return vis.draw_panoptic_seg(pan, segments).get_image(), sum(bool(s["isthing"]) for s in segments)
+        things = sum(bool(s["isthing"]) for s in segments)
+        return (
+            vis.draw_panoptic_seg(pan, segments).get_image(),
+            things,
+            f"{len(segments)} segments ({things} things)",
+        )
     if task == "instance":
         inst = predictions["instances"].to("cpu")
         inst = inst[inst.scores >= confidence_threshold]
-        return vis.draw_instance_predictions(inst).get_image(), len(inst)
-    return vis.draw_sem_seg(predictions["sem_seg"]).get_image(), 0
+        return vis.draw_instance_predictions(inst).get_image(), len(inst), f"{len(inst)} instances"
+    classes = predictions["sem_seg"].argmax(0).unique().numel()
+    return vis.draw_sem_seg(predictions["sem_seg"]).get_image(), 0, f"a semantic map of {classes} classes"
 
 
 def _read_input(path: str) -> np.ndarray | str:
@@ -272,10 +278,10 @@ def run_on_images(predictor: Predictor, args: argparse.Namespace, paths: list[st
         start = time.perf_counter()
         predictions = predictor(rgb, format="RGB")
         elapsed = time.perf_counter() - start
-        drawn, count = draw_predictions(
+        drawn, count, what = draw_predictions(
             rgb, predictions, predictor.metadata, args.task, args.confidence_threshold, args.scale
         )
-        logger.info("%s: %d instances drawn, inference %.2fs", path, count, elapsed)
+        logger.info("%s: %s drawn, inference %.2fs", path, what, elapsed)
         if args.output:
             os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
             if not cv2.imwrite(out, drawn[:, :, ::-1]):
@@ -339,7 +345,7 @@ def run_on_video(predictor: Predictor, args: argparse.Namespace, out: str | None
     try:
         for frame in tqdm.tqdm(_frames(cap), total=total, desc="demo", unit="frame"):
             rgb = np.ascontiguousarray(frame[:, :, ::-1])
-            drawn, count = draw_predictions(
+            drawn, count, _ = draw_predictions(
                 rgb, predictor(frame, format="BGR"), predictor.metadata, args.task, args.confidence_threshold,
                 args.scale,
             )  # fmt: skip

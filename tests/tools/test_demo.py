@@ -3,6 +3,7 @@
 import importlib.util
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -83,9 +84,13 @@ def test_confidence_threshold_filters_the_drawn_instances(setup, tmp_path):
     assert np.array_equal(pictures[2], src)  # nothing left to draw
 
 
-def test_panoptic_and_semantic_drawings_and_globs(setup, tmp_path):
+def test_panoptic_and_semantic_drawings_and_globs(setup, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mask2former.demo")
     pattern = str(setup["images"] / "img[01].png")
-    for task in ("auto", "semantic"):
+    for task, logged in (
+        ("auto", r"img0.png: \d+ segments \(\d+ things\) drawn"),
+        ("semantic", r"img0.png: a semantic map of [1-9]\d* classes drawn"),
+    ):
         out_dir = tmp_path / task
         # a random model is unsure of everything: keep every query in the panoptic result
         loose = [
@@ -102,6 +107,7 @@ def test_panoptic_and_semantic_drawings_and_globs(setup, tmp_path):
             src = cv2.imread(s["input"])
             assert drawn.shape == (128, 160, 3)
             assert not np.array_equal(cv2.resize(src, (160, 128)), drawn)
+        assert re.search(logged, caplog.text), caplog.text
     with pytest.raises(ValueError, match="INSTANCE_ON"):
         _run(setup, "--input", pattern, "--output", str(tmp_path / "x"), "--task", "instance",
              opts=["MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False"])  # fmt: skip
