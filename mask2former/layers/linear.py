@@ -32,13 +32,15 @@ _ACTIVATIONS = ("none", "relu")
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
-    if x.device.type != "cpu" or x.dtype != weight.dtype or not torch.backends.mkldnn.is_available():
+    # No gradient, tracing, exporting or compiling, checked first: torch.compile cannot trace the
+    # availability checks below (a graph break at every call, and a recompilation per weight shape).
+    if not preparing_weights_allowed() or x.device.type != "cpu" or x.dtype != weight.dtype:
+        return False
+    if not torch.backends.mkldnn.is_available():
         return False
     if x.dtype == torch.float32:
-        dtype_ok = not torch.is_autocast_enabled("cpu")  # else F.linear runs in the autocast dtype
-    else:
-        dtype_ok = x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return dtype_ok and preparing_weights_allowed()  # no gradient, tracing, exporting or compiling
+        return not torch.is_autocast_enabled("cpu")  # else F.linear runs in the autocast dtype
+    return x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def onednn_training_path(x: Tensor, weight: Tensor) -> bool:

@@ -163,3 +163,19 @@ def test_linear_training_on_onednn_gives_exactly_the_gradients_asked_for(trainab
             torch.testing.assert_close(tensor.grad, tensors64[name].grad.float(), rtol=1e-5, atol=1e-5)
         else:
             assert tensor.grad is None, name
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_linear_and_conv_compile_without_graph_breaks(grad):
+    """Under torch.compile the oneDNN paths step aside before any check Dynamo cannot trace (a graph break
+    there made Dynamo recompile `linear` for every weight shape up to its limit, then run it eagerly)."""
+    torch.manual_seed(0)
+    layer, conv = Linear(16, 8), Conv2d(8, 4, kernel_size=3, padding=1)
+
+    def model(x):
+        return conv(layer(x, "relu").permute(0, 3, 1, 2))
+
+    x = torch.randn(2, 5, 6, 16)
+    with torch.set_grad_enabled(grad):
+        compiled = torch.compile(model, backend="eager", fullgraph=True)  # raises at a graph break
+        torch.testing.assert_close(compiled(x), model(x))
