@@ -246,8 +246,9 @@ def draw_predictions(
         inst = predictions["instances"].to("cpu")
         inst = inst[inst.scores >= confidence_threshold]
         return vis.draw_instance_predictions(inst).get_image(), len(inst), f"{len(inst)} instances"
-    classes = predictions["sem_seg"].argmax(0).unique().numel()
-    return vis.draw_sem_seg(predictions["sem_seg"]).get_image(), 0, f"a semantic map of {classes} classes"
+    labels = predictions["sem_seg"].argmax(0)  # [H, W], taken once for the drawing and the count
+    classes = labels.unique().numel()
+    return vis.draw_sem_seg(labels).get_image(), 0, f"a semantic map of {classes} classes"
 
 
 def _read_input(path: str) -> np.ndarray | str:
