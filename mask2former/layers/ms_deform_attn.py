@@ -126,6 +126,13 @@ def _fake_sample_shared_points(maps: Tensor, points: Tensor) -> Tensor:
     return maps.new_empty((maps.shape[0], points.shape[0]))
 
 
+def _fake_sigmoid_and_sums(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Output metadata of `mask2former::sigmoid_and_sums` (the matcher's mask-cost terms, see
+    modeling/matcher.py): logits [Q, P] -> sigmoid [Q, P], softplus and sigmoid row sums [Q]."""
+    rows = logits.shape[0]
+    return logits.new_empty(logits.shape), logits.new_empty((rows,)), logits.new_empty((rows,))
+
+
 def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
@@ -169,6 +176,7 @@ def load_extension() -> ModuleType | None:
         torch.library.register_fake(_OP_NAME)(_fake_forward)
         torch.library.register_fake(_BACKWARD_NAME)(_fake_backward)
         torch.library.register_fake("mask2former::sample_shared_points")(_fake_sample_shared_points)
+        torch.library.register_fake("mask2former::sigmoid_and_sums")(_fake_sigmoid_and_sums)
         torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
     _loaded["module"] = module
     return module

@@ -2,7 +2,9 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from mask2former.layers.ms_deform_attn import compiled_op_available
 from mask2former.modeling import point_sampling
 from mask2former.modeling.matcher import MAX_COST, HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost
 
@@ -162,3 +164,45 @@ def test_bad_inputs():
         matcher(outputs, [])
     with pytest.raises(ValueError, match="target 0"):
         matcher(outputs, [{"labels": torch.tensor([0, 1]), "masks": torch.zeros(1, 8, 8)}])
+
+
+@pytest.mark.parametrize("num_points", [12544, 12545, 7])
+def test_compiled_logit_terms_match_float64(num_points):
+    """`mask2former::sigmoid_and_sums` (the CPU pass the matcher's mask costs read) against float64, at
+    the training size, with a row length that is not a multiple of the 16 lanes and one shorter than
+    them, logits from unsure to saturated, and exact zeros, infinities and a NaN."""
+    assert compiled_op_available("cpu"), "mask2former._C is not built"
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([0.1, 1.0, 4.0, 30.0, 200.0])[:, None]
+    logits = scales * torch.randn(5, num_points, generator=generator)  # [Q, P]
+    logits[1, :4] = torch.tensor([0.0, -0.0, 87.5, -1000.0])
+    sigmoid, softplus_sum, sigmoid_sum = torch.ops.mask2former.sigmoid_and_sums(logits)
+    x = logits.double()
+    torch.testing.assert_close(sigmoid.double(), x.sigmoid(), rtol=0, atol=2e-7)
+    torch.testing.assert_close(softplus_sum.double(), F.softplus(x).sum(-1), rtol=2e-6, atol=1e-5)
+    torch.testing.assert_close(sigmoid_sum.double(), x.sigmoid().sum(-1), rtol=2e-6, atol=1e-5)
+
+    special = torch.tensor([[float("inf"), float("-inf"), 0.0], [float("nan"), 1.0, -2.0]])
+    sigmoid, softplus_sum, sigmoid_sum = torch.ops.mask2former.sigmoid_and_sums(special)
+    torch.testing.assert_close(sigmoid[0], torch.tensor([1.0, 0.0, 0.5]))
+    assert softplus_sum[0] == float("inf") and softplus_sum[1].isnan()  # a NaN logit: a NaN cost
+    torch.testing.assert_close(sigmoid_sum[0], torch.tensor(1.5))
+    with pytest.raises(RuntimeError, match=r"logits must be float32 \[Q, P\]"):
+        torch.ops.mask2former.sigmoid_and_sums(logits.double())
+    torch.library.opcheck(torch.ops.mask2former.sigmoid_and_sums, (logits,))
+
+
+def test_mask_costs_on_the_cpu_match_float64():
+    """Both mask costs from float32 logits on the CPU (through the compiled pass) against the same costs
+    in float64 (PyTorch ops)."""
+    generator = torch.Generator().manual_seed(0)
+    logits = 5 * torch.randn(100, 1000, generator=generator)  # [Q, P]
+    targets = torch.rand(6, 1000, generator=generator).round()  # [N, P]
+    x, t = logits.double(), targets.double()
+    expected_ce = (F.softplus(x).sum(-1)[:, None] - x @ t.T) / 1000
+    probs = x.sigmoid()
+    expected_dice = 1 - (2 * probs @ t.T + 1) / (probs.sum(-1)[:, None] + t.sum(-1)[None, :] + 1)
+    torch.testing.assert_close(
+        batch_sigmoid_ce_cost(logits, targets).double(), expected_ce, rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(batch_dice_cost(logits, targets).double(), expected_dice, rtol=1e-5, atol=1e-6)
