@@ -110,7 +110,7 @@ class _MaskLogitsSparseBackward(torch.autograd.Function):
         b, q, h, w = grad.shape
         grad = grad.reshape(b, q, h * w).to(embed.dtype)  # [B, Q, HW]
         flat = features.flatten(2)  # [B, C, HW]
-        active = grad.ne(0).any(-1)  # [B, Q]: queries whose mask has a gradient
+        active = grad.any(-1)  # [B, Q]: queries whose mask has a gradient (a value other than 0 or -0)
         grad_embed = torch.zeros_like(embed) if ctx.needs_input_grad[0] else None
         grad_features = []  # per image [C, HW], each written once by its product (no zero fill first)
         for i in range(b):
