@@ -5,9 +5,10 @@
   layers get `WEIGHT_DECAY_NORM`; `nn.Embedding` weights and Swin's `relative_position_bias_table`
   / `absolute_pos_embed` get `WEIGHT_DECAY_EMBED`; biases get `BIAS_LR_FACTOR` and, when set,
   `WEIGHT_DECAY_BIAS` (Detectron2's meaning; the defaults change nothing).
-- `clip_gradients(settings, params)`: called by the trainer before `optimizer.step()` (after
+- `clip_gradients(settings, params)`: called before `optimizer.step()` (after
   `GradScaler.unscale_` under AMP). `full_model` clips the norm of all gradients together, `norm`
-  clips each parameter's gradient norm, `value` clamps every element.
+  clips each parameter's gradient norm, `value` clamps every element. The trainer runs its step in
+  `clipped_step(settings, optimizer)`, which folds `full_model` clipping into a fused optimizer's step.
 - `build_lr_scheduler(cfg, optimizer)`: `WarmupMultiStepLR` or `WarmupPolyLR`, stepped once per
   iteration; lr(it) = base_lr * warmup(it) * schedule(it), with warmup(it) = 1 for it >= WARMUP_ITERS,
   `WARMUP_FACTOR` for "constant", and `WARMUP_FACTOR * (1 - a) + a` (a = it / WARMUP_ITERS) for
@@ -19,7 +20,8 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,7 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "clip_gradients",
+    "clipped_step",
     "get_optimizer_param_groups",
 ]
 
@@ -206,6 +209,36 @@ def clip_gradients(cfg_or_settings, params: Iterable[Tensor]) -> Tensor | None:
         return None
     nn.utils.clip_grad_value_(grads_params, settings.clip_value)
     return None
+
+
+@contextmanager
+def clipped_step(settings: GradientClipSettings, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Clip the gradients of `optimizer`'s parameters for the step run inside the block:
+
+        with clipped_step(settings, optimizer):
+            optimizer.step()
+
+    `full_model` clipping with PyTorch's fused AdamW or SGD does not rescale the gradients in a pass
+    of its own: the step divides them by `optimizer.grad_scale` as it reads them (and stores them
+    divided), set here to 1 / clip_grad_norm_'s factor, max((total norm + 1e-6) / CLIP_VALUE, 1), for
+    this step only. The result is clip_grad_norm_'s to float rounding, and one pass over the gradients
+    less (6 of the 37 ms of R50's CPU optimizer step on 2 threads of this project's development machine).
+    Not with a GradScaler that is enabled: its step sets `grad_scale` itself; call `clip_gradients` then.
+    Other clip types and optimizers clip with `clip_gradients` before the step.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    fused = optimizer.defaults.get("fused") and isinstance(optimizer, torch.optim.AdamW | torch.optim.SGD)
+    if not (settings.enabled and settings.clip_type == "full_model" and fused):
+        clip_gradients(settings, params)
+        yield
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    total = nn.utils.get_total_norm(grads, settings.norm_type)
+    optimizer.grad_scale = torch.clamp((total + 1e-6) / settings.clip_value, min=1.0)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        del optimizer.grad_scale  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------------

@@ -133,9 +133,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.skip_nonfinite = bool(cfg.SOLVER.SKIP_NONFINITE_STEPS)
 
-        from .solver import GradientClipSettings, clip_gradients
+        from .solver import GradientClipSettings, clip_gradients, clipped_step
 
         self._clip_gradients = clip_gradients
+        self._clipped_step = clipped_step
         self._clip_settings = GradientClipSettings.from_cfg(cfg)
         self.checkpointer = Checkpointer(
             model,
@@ -267,11 +268,15 @@ class Trainer:
             self._on_nonfinite(names, mean_losses, bad, losses)
             return
         self.scaler.scale(losses).backward()
-        self.scaler.unscale_(self.optimizer)
-        self._clip_gradients(
-            self._clip_settings, [p for g in self.optimizer.param_groups for p in g["params"]]
-        )
-        self.scaler.step(self.optimizer)
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+            self._clip_gradients(
+                self._clip_settings, [p for g in self.optimizer.param_groups for p in g["params"]]
+            )
+            self.scaler.step(self.optimizer)
+        else:
+            with self._clipped_step(self._clip_settings, self.optimizer):
+                self.optimizer.step()
         self.scaler.update()
 
         self.storage.put_scalar("data_time", data_time)

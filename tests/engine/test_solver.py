@@ -10,6 +10,7 @@ from mask2former.engine.solver import (
     build_lr_scheduler,
     build_optimizer,
     clip_gradients,
+    clipped_step,
 )
 from mask2former.layers import FrozenBatchNorm2d
 
@@ -279,3 +280,46 @@ def test_clip_value_and_disabled():
     no_grad = nn.Parameter(torch.zeros(2))
     assert float(clip_gradients(_clip_cfg("full_model", 1.0), [no_grad])) == 0.0
     assert math.isclose(float(clip_gradients(_clip_cfg("full_model", 1.0, norm_type=1.0), params)), 10.0)
+
+
+@pytest.mark.parametrize("optimizer_name", ["adamw", "sgd"])
+@pytest.mark.parametrize("clip_value", [0.5, 100.0], ids=["clipping", "under-the-limit"])
+def test_clipped_step_folds_full_model_clipping_into_the_fused_step(optimizer_name, clip_value):
+    """A fused optimizer's step inside `clipped_step` (the clip factor applied by the step as it reads the
+    gradients) against clip_gradients then the same step, over several steps with AdamW's moments."""
+    generator = torch.Generator().manual_seed(0)
+    settings = GradientClipSettings.from_cfg(_clip_cfg("full_model", clip_value))
+    make = {
+        "adamw": lambda ps, fused: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.05, fused=fused),
+        "sgd": lambda ps, fused: torch.optim.SGD(ps, lr=0.1, momentum=0.9, fused=fused),
+    }[optimizer_name]
+    shapes = [(7, 3), (5,), (2, 2, 3)]
+    folded = [nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    reference = [nn.Parameter(p.detach().clone()) for p in folded]
+    folded_opt, reference_opt = make(folded, True), make(reference, False)
+    for _ in range(3):
+        for a, b in zip(folded, reference):
+            a.grad = 3 * torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        with clipped_step(settings, folded_opt):
+            assert float(folded_opt.grad_scale) >= 1.0
+            folded_opt.step()
+        assert not hasattr(folded_opt, "grad_scale")
+        clip_gradients(settings, reference)
+        reference_opt.step()
+        for a, b in zip(folded, reference):
+            torch.testing.assert_close(a.grad, b.grad)  # the step stores the clipped gradients
+            torch.testing.assert_close(a.detach(), b.detach())
+
+
+def test_clipped_step_clips_before_the_step_where_it_cannot_fold():
+    """Non-fused optimizers and the other clip types clip the gradients before the step."""
+    params = _params_with_grads(torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0]))  # joint norm 5
+    optimizer = torch.optim.SGD(params, lr=0.0, fused=False)
+    with clipped_step(GradientClipSettings.from_cfg(_clip_cfg("full_model", 1.0)), optimizer):
+        torch.testing.assert_close(params[0].grad, torch.tensor([0.6, 0.0]), rtol=1e-5, atol=1e-6)
+        assert not hasattr(optimizer, "grad_scale")
+    params = _params_with_grads(torch.tensor([3.0, -7.0]))
+    optimizer = torch.optim.SGD(params, lr=0.0, fused=True)
+    with clipped_step(GradientClipSettings.from_cfg(_clip_cfg("value", 0.5)), optimizer):
+        torch.testing.assert_close(params[0].grad, torch.tensor([0.5, -0.5]))
