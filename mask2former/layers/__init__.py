@@ -1,4 +1,5 @@
 from .batch_norm import FrozenBatchNorm2d
+from .group_norm import GroupNorm
 from .linear import Linear, linear
 from .ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 from .position_encoding import PositionEmbeddingSine
@@ -8,6 +9,7 @@ from .wrappers import Conv2d, c2_msra_fill, c2_xavier_fill, get_norm
 __all__ = [
     "Conv2d",
     "FrozenBatchNorm2d",
+    "GroupNorm",
     "Linear",
     "PositionEmbeddingSine",
     "ShapeSpec",

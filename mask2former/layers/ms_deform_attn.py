@@ -133,6 +133,16 @@ def _fake_sigmoid_and_sums(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return logits.new_empty(logits.shape), logits.new_empty((rows,)), logits.new_empty((rows,))
 
 
+def _fake_group_norm_backward(
+    grad_output: Tensor, input: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None, groups: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradient metadata of `mask2former::group_norm_backward_channels_last` (layers/group_norm.py): the
+    input's gradient channels-last, the weight's and bias's [C] in the statistics' dtype."""
+    channels = input.shape[1]
+    grad_input = torch.empty_like(input, memory_format=torch.channels_last)
+    return grad_input, mean.new_empty((channels,)), mean.new_empty((channels,))
+
+
 def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
@@ -177,6 +187,9 @@ def load_extension() -> ModuleType | None:
         torch.library.register_fake(_BACKWARD_NAME)(_fake_backward)
         torch.library.register_fake("mask2former::sample_shared_points")(_fake_sample_shared_points)
         torch.library.register_fake("mask2former::sigmoid_and_sums")(_fake_sigmoid_and_sums)
+        torch.library.register_fake("mask2former::group_norm_backward_channels_last")(
+            _fake_group_norm_backward
+        )
         torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
     _loaded["module"] = module
     return module

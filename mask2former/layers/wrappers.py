@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batch_norm import FrozenBatchNorm2d
+from .group_norm import GroupNorm
 from .linear import linear, onednn_training_path
 from .weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
 
@@ -20,7 +21,7 @@ _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "BN": nn.BatchNorm2d,
     "SyncBN": nn.SyncBatchNorm,
     "FrozenBN": FrozenBatchNorm2d,
-    "GN": lambda channels: nn.GroupNorm(32, channels),
+    "GN": lambda channels: GroupNorm(32, channels),
 }
 
 

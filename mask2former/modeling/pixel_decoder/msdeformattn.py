@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ...config import CfgNode
 from ...layers import (
     Conv2d,
+    GroupNorm,
     Linear,
     PositionEmbeddingSine,
     ShapeSpec,
@@ -232,7 +233,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             nn.init.xavier_uniform_(conv.weight, gain=1)
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
-            self.input_proj.append(nn.Sequential(conv, nn.GroupNorm(32, conv_dim)))
+            self.input_proj.append(nn.Sequential(conv, GroupNorm(32, conv_dim)))
         self.transformer = MSDeformAttnEncoder(
             conv_dim,
             transformer_nheads,
