@@ -149,7 +149,8 @@ def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
 
 def _resize_for_attention(masks: Tensor, size: tuple[int, int]) -> Tensor:
     """F.interpolate(masks, size, mode="bilinear", align_corners=False) without gradient (it only feeds
-    the next layer's detached attention mask): masks [B, Q, H, W] -> [B, Q, h, w].
+    the next layer's detached attention mask): mask logits or mask features [B, Q or C, H, W] ->
+    [B, Q or C, h, w].
 
     Where H / h and W / w are the same even integer f (the 1/4-scale masks against the 1/8, 1/16, 1/32
     scales of a padded image), the bilinear source point of each output pixel lies halfway between
@@ -363,7 +364,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         scaled_features: list[Tensor] | None = None  # without deep supervision: mask features at each scale
         if not deep_supervision:
             scaled_features = [
-                F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes
+                _resize_for_attention(mask_features, s) for s in sizes
             ]  # 3 x [B, mask_dim, h_l, w_l]
 
         classes, masks = [], []
