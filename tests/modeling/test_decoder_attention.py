@@ -102,10 +102,16 @@ def test_mask_logits_sparse_backward_matches_einsum(dtype):
     ids=["one-image", "unmatched-image"],
 )
 @pytest.mark.parametrize("trainable", ["embed", "features", "both"])
-def test_mask_logits_sparse_backward_gives_the_gradients_asked_for(batch, picked, trainable):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_mask_logits_sparse_backward_gives_the_gradients_asked_for(batch, picked, trainable, channels_last):
+    """The gradients asked for, against float64 einsum; channels-last features get a channels-last
+    gradient (their own layout, no conversion in the convolution's backward)."""
     torch.manual_seed(1)
     embed = torch.randn(batch, 10, 16, requires_grad=trainable in ("embed", "both"))
-    features = torch.randn(batch, 16, 5, 6, requires_grad=trainable in ("features", "both"))
+    features = torch.randn(batch, 16, 5, 6)
+    if channels_last:
+        features = features.to(memory_format=torch.channels_last)
+    features.requires_grad_(trainable in ("features", "both"))
     weights = torch.randn(len(picked[0]), 5, 6)
     inputs = [t for t in (embed, features) if t.requires_grad]
     got = torch.autograd.grad((mask_logits(embed, features)[picked] * weights).sum(), inputs)
@@ -113,6 +119,9 @@ def test_mask_logits_sparse_backward_gives_the_gradients_asked_for(batch, picked
     expected_grads = torch.autograd.grad((expected[picked] * weights.double()).sum(), inputs)
     for g, e in zip(got, expected_grads):
         torch.testing.assert_close(g, e.float(), rtol=1e-5, atol=1e-5)
+    if features.requires_grad:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert got[-1].is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize("batch", [1, 3])

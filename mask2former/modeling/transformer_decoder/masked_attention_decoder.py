@@ -79,8 +79,8 @@ def _projection_weights(mha: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, 
 
 def _mask_product(embed: Tensor, features: Tensor) -> Tensor:
     """einsum("bqc,bchw->bqhw", embed, features) -> [B, Q, H, W]. On the CPU with no gradient recorded
-    (and nothing tracing), each image is one `linear` that reads the features as a transposed [HW, C]
-    view: oneDNN's product, where einsum's batched one runs on MKL (1.1 against 3.0 ms for R50's masks
+    (and nothing tracing), each image is one `linear` that reads the features as an [HW, C] view
+    (transposed for channel-first features, plain for channels-last ones): oneDNN's product, where einsum's batched one runs on MKL (1.1 against 3.0 ms for R50's masks
     at 384x384 in float32 on 2 threads of this project's AMD development machine)."""
     if embed.device.type != "cpu" or not preparing_weights_allowed():
         return torch.einsum("bqc,bchw->bqhw", embed, features)
@@ -110,21 +110,39 @@ class _MaskLogitsSparseBackward(torch.autograd.Function):
         b, q, h, w = grad.shape
         grad = grad.reshape(b, q, h * w).to(embed.dtype)  # [B, Q, HW]
         flat = features.flatten(2)  # [B, C, HW]
+        # the feature gradient in the features' layout: [HW, C] per image for channels-last features
+        channels_last = (
+            features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
+        )
         active = grad.any(-1)  # [B, Q]: queries whose mask has a gradient (a value other than 0 or -0)
         grad_embed = torch.zeros_like(embed) if ctx.needs_input_grad[0] else None
-        grad_features = []  # per image [C, HW], each written once by its product (no zero fill first)
+        grad_features = []  # per image [C, HW] or [HW, C], each written once by its product (no zero fill)
         for i in range(b):
             rows = active[i].nonzero().squeeze(1)  # [N]
             g = grad[i, rows]  # [N, HW]
             if grad_embed is not None and rows.numel():
                 grad_embed[i, rows] = linear(g, flat[i])  # [N, HW] x [C, HW]^T -> [N, C]
-            if ctx.needs_input_grad[1]:  # [C, N] x [HW, N]^T -> [C, HW]
-                product = linear(embed[i, rows].T.contiguous(), g.T.contiguous()) if rows.numel() else None
-                grad_features.append(flat.new_zeros(flat.shape[1:]) if product is None else product)
+            if ctx.needs_input_grad[1]:
+                grad_features.append(_feature_gradient(embed[i, rows], g, channels_last, flat.shape[1:]))
         if not ctx.needs_input_grad[1]:
             return grad_embed, None
-        stacked = grad_features[0].unsqueeze(0) if b == 1 else torch.stack(grad_features)  # [B, C, HW]
-        return grad_embed, stacked.view(features.shape)
+        stacked = grad_features[0].unsqueeze(0) if b == 1 else torch.stack(grad_features)
+        if channels_last:  # [B, HW, C] -> [B, C, H, W] in channels-last memory
+            return grad_embed, stacked.view(b, h, w, -1).permute(0, 3, 1, 2)
+        return grad_embed, stacked.view(features.shape)  # [B, C, HW] -> [B, C, H, W]
+
+
+def _feature_gradient(
+    embed_rows: Tensor, grad_rows: Tensor, channels_last: bool, shape: torch.Size
+) -> Tensor:
+    """One image's feature gradient from its active queries: embed_rows [N, C], grad_rows [N, HW] ->
+    [HW, C] for channels-last features, else [C, HW]; zeros of that shape without active queries."""
+    channels, positions = shape
+    if not embed_rows.shape[0]:
+        return grad_rows.new_zeros((positions, channels) if channels_last else (channels, positions))
+    if channels_last:  # [HW, N] x [C, N]^T -> [HW, C]
+        return linear(grad_rows.T.contiguous(), embed_rows.T.contiguous())
+    return linear(embed_rows.T.contiguous(), grad_rows.T.contiguous())  # [C, N] x [HW, N]^T -> [C, HW]
 
 
 def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
@@ -147,7 +165,7 @@ def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
         return _MaskLogitsSparseBackward.apply(embed, features)
 
 
-def _resize_for_attention(masks: Tensor, size: tuple[int, int]) -> Tensor:
+def _resize_for_attention(masks: Tensor, size: tuple[int, ...]) -> Tensor:
     """F.interpolate(masks, size, mode="bilinear", align_corners=False) without gradient (it only feeds
     the next layer's detached attention mask): mask logits or mask features [B, Q or C, H, W] ->
     [B, Q or C, h, w].
@@ -356,9 +374,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             src = self.input_proj[i](f).flatten(2) + self.level_embed.weight[i][None, :, None]
             srcs.append(src.permute(2, 0, 1))  # [HW, B, C]
         b = mask_features.shape[0]
-        # In the channel-first layout the mask einsums read: one copy here when the features come
-        # channels-last (from a channels-last backbone), not one in every einsum and its backward.
-        mask_features = mask_features.contiguous()
+        if mask_features.device.type != "cpu" or graph_capture_active():
+            # In the channel-first layout the mask einsums read: one copy here when the features come
+            # channels-last (from a channels-last backbone), not one in every einsum and its backward.
+            # On the CPU the mask products read either layout as it is (`_mask_product`, the sparse backward).
+            mask_features = mask_features.contiguous()
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
         output = self.query_feat.weight.unsqueeze(1).expand(-1, b, -1)  # [Q, B, C]
         scaled_features: list[Tensor] | None = None  # without deep supervision: mask features at each scale
