@@ -350,6 +350,10 @@ MSDA_CPU_CLONES void backward_range(const scalar_t* grad_out, const scalar_t* va
 }
 
 #if MSDA_AVX512
+// The backward reads the samples of one head, M * L * P apart from one query to the next: it asks for those of the
+// query this far ahead before it needs them.
+constexpr int64_t kPrefetchQueries = 8;
+
 // The 128-bit lanes (a[i0], a[i1], b[i2], b[i3]) for kLanes = _MM_SHUFFLE(i3, i2, i1, i0).
 template <int kLanes>
 MSDA_AVX512_TARGET inline __m512 shuffle128(__m512 a, __m512 b) {
@@ -431,6 +435,29 @@ MSDA_AVX512_TARGET void backward_range_avx512(const scalar_t* grad_out, const sc
         }
       }
       const int64_t sample0 = bqm * lanes.count;
+      if (q + kPrefetchQueries < n.Q) {  // (inline: GCC drops a call to a function that only prefetches)
+        const int64_t ahead = sample0 + kPrefetchQueries * n.M * lanes.count;
+        for (int64_t i = 0; i < 2 * lanes.count; i += 16) {
+          __builtin_prefetch(loc + 2 * ahead + i);
+        }
+        __builtin_prefetch(loc + 2 * (ahead + lanes.count) - 1);
+        for (int64_t i = 0; i < lanes.count; i += 16) {
+          __builtin_prefetch(attn + ahead + i);
+        }
+        __builtin_prefetch(attn + ahead + lanes.count - 1);
+        for (int64_t i = 0; i < 2 * lanes.count; i += 16) {
+          __builtin_prefetch(grad_loc + 2 * ahead + i, 1);
+        }
+        __builtin_prefetch(grad_loc + 2 * (ahead + lanes.count) - 1, 1);
+        for (int64_t i = 0; i < lanes.count; i += 16) {
+          __builtin_prefetch(grad_attn + ahead + i, 1);
+        }
+        __builtin_prefetch(grad_attn + ahead + lanes.count - 1, 1);
+        const scalar_t* go_ahead = go_src + kPrefetchQueries * n.M * n.D;
+        for (int64_t i = 0; i < n.D; i += 64 / sizeof(scalar_t)) {
+          __builtin_prefetch(go_ahead + i);
+        }
+      }
       for (int64_t block = 0; block < lanes.blocks; ++block) {
         make_bilinear_block(loc + 2 * sample0, attn + sample0, lanes, block, bl);
         __m512 sums[4];  // sums[g], 128-bit lane k: corner k of samples 4g..4g+3
