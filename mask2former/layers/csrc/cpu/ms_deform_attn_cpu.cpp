@@ -21,9 +21,7 @@
 // rounded back to bfloat16 (to nearest even, as c10::BFloat16 does) in one instruction. The bilinear setup
 // (corners, weights, bounds) of the L * P samples of a (query, head) runs 16 samples at a time in vector registers;
 // the backward sums the dot products of 4 samples x 4 corners with one transpose-add tree (bfloat16: dpbf16
-// multiplies pairs of channels) and computes the samples' gradients 16 at a time. Forward and grad_value give the
-// same bits as the scalar order of operations; grad_sampling_locations and grad_attention_weights differ from it
-// in the last bits (another order of summation).
+// multiplies pairs of channels) and computes the samples' gradients 16 at a time.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__linux__)
 #define MSDA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #define MSDA_AVX512 1
