@@ -357,6 +357,16 @@ MSDA_CPU_CLONES void backward_range(const scalar_t* grad_out, const scalar_t* va
 // query this far ahead before it needs them.
 constexpr int64_t kPrefetchQueries = 8;
 
+// Prefetches the cache lines of p[0, n), for writing if kWrite. (With the kernels' target: GCC drops a call to a
+// function that only prefetches when it cannot inline it early.)
+template <int kWrite, typename T>
+MSDA_AVX512_TARGET inline void prefetch_lines(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / sizeof(T)) {
+    __builtin_prefetch(p + i, kWrite);
+  }
+  __builtin_prefetch(p + n - 1, kWrite);
+}
+
 // The 128-bit lanes (a[i0], a[i1], b[i2], b[i3]) for kLanes = _MM_SHUFFLE(i3, i2, i1, i0).
 template <int kLanes>
 MSDA_AVX512_TARGET inline __m512 shuffle128(__m512 a, __m512 b) {
@@ -415,9 +425,9 @@ MSDA_AVX512_TARGET void backward_range_avx512(const scalar_t* grad_out, const sc
                                               float* grad_value, float* grad_loc, float* grad_attn,
                                               const MsdaSizes& n, int64_t begin, int64_t end) {
   const int64_t pos_stride = n.M * n.D;
-  alignas(64) static constexpr int32_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                          21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26,
-                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  // lanes of (x, y) pairs from 16 x and 16 y gradients: x0, y0, x1, y1, ...
+  alignas(64) static constexpr int32_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                          8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   const __m512i interleave_lo = _mm512_load_si512(kInterleave), interleave_hi = _mm512_load_si512(kInterleave + 16);
   BilinearBlock bl;
   for (int64_t bm = begin; bm < end; ++bm) {
@@ -438,28 +448,13 @@ MSDA_AVX512_TARGET void backward_range_avx512(const scalar_t* grad_out, const sc
         }
       }
       const int64_t sample0 = bqm * lanes.count;
-      if (q + kPrefetchQueries < n.Q) {  // (inline: GCC drops a call to a function that only prefetches)
+      if (q + kPrefetchQueries < n.Q) {
         const int64_t ahead = sample0 + kPrefetchQueries * n.M * lanes.count;
-        for (int64_t i = 0; i < 2 * lanes.count; i += 16) {
-          __builtin_prefetch(loc + 2 * ahead + i);
-        }
-        __builtin_prefetch(loc + 2 * (ahead + lanes.count) - 1);
-        for (int64_t i = 0; i < lanes.count; i += 16) {
-          __builtin_prefetch(attn + ahead + i);
-        }
-        __builtin_prefetch(attn + ahead + lanes.count - 1);
-        for (int64_t i = 0; i < 2 * lanes.count; i += 16) {
-          __builtin_prefetch(grad_loc + 2 * ahead + i, 1);
-        }
-        __builtin_prefetch(grad_loc + 2 * (ahead + lanes.count) - 1, 1);
-        for (int64_t i = 0; i < lanes.count; i += 16) {
-          __builtin_prefetch(grad_attn + ahead + i, 1);
-        }
-        __builtin_prefetch(grad_attn + ahead + lanes.count - 1, 1);
-        const scalar_t* go_ahead = go_src + kPrefetchQueries * n.M * n.D;
-        for (int64_t i = 0; i < n.D; i += 64 / sizeof(scalar_t)) {
-          __builtin_prefetch(go_ahead + i);
-        }
+        prefetch_lines<0>(loc + 2 * ahead, 2 * lanes.count);
+        prefetch_lines<0>(attn + ahead, lanes.count);
+        prefetch_lines<1>(grad_loc + 2 * ahead, 2 * lanes.count);
+        prefetch_lines<1>(grad_attn + ahead, lanes.count);
+        prefetch_lines<0>(go_src + kPrefetchQueries * n.M * n.D, n.D);
       }
       for (int64_t block = 0; block < lanes.blocks; ++block) {
         make_bilinear_block(loc + 2 * sample0, attn + sample0, lanes, block, bl);
