@@ -5,6 +5,7 @@ dtype and implementation. Shapes (8 heads x 32 channels, 4 points, 3 levels, que
     training   2 images, levels 128x128, 64x64, 32x32 (21,504 queries): 1024x1024 inputs
     inference  1 image, levels 100x152, 50x76, 25x38 (19,950 queries): an 800x1216 input
     cpu        1 image, levels 32x48, 16x24, 8x12 (2,016 queries): small enough for a 2-core CPU
+    cpu_train  1 image, levels 48x48, 24x24, 12x12 (3,024 queries): CPU training at 384x384
 
     python tools/benchmark_msda.py --device cpu --shape cpu --iters 20
     python tools/benchmark_msda.py --device cuda --shape training inference --dtype float32 float16 bfloat16
@@ -27,6 +28,7 @@ SHAPES = {
     "training": dict(batch=2, levels=((128, 128), (64, 64), (32, 32))),
     "inference": dict(batch=1, levels=((100, 152), (50, 76), (25, 38))),
     "cpu": dict(batch=1, levels=((32, 48), (16, 24), (8, 12))),
+    "cpu_train": dict(batch=1, levels=((48, 48), (24, 24), (12, 12))),
 }
 HEADS, CHANNELS, POINTS = 8, 32, 4
 DTYPES = {

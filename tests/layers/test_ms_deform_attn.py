@@ -170,15 +170,11 @@ def test_cpu_forward_vector_widths_match_float64(dtype, channels):
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
 
 
-@requires_op
-@pytest.mark.parametrize("channels", [16, 32, 48, 64])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_backward_vector_widths_match_float64(dtype, channels):
-    """D a multiple of 16 takes the AVX-512 backward where the CPU has it: the gradients equal the float64
-    op's on the same (rounded) values and output gradient, to float32 accumulation (grad_value then
-    rounded once to the value's dtype)."""
+def check_backward_matches_float64(dtype, channels, levels, points):
+    """The gradients for values in dtype equal the float64 op's on the same (rounded) values and output
+    gradient, to float32 accumulation (grad_value then rounded once to the value's dtype)."""
     value, shapes, starts, locations, weights = random_inputs(
-        levels=((9, 13), (5, 7), (3, 4)), queries=37, heads=3, channels=channels, points=4
+        levels=levels, queries=37, heads=3, channels=channels, points=points
     )
     value_low, locations, weights = value.to(dtype), locations.float(), weights.float()
     grad_output = torch.randn(2, 37, 3 * channels, dtype=torch.float64).to(dtype).double()  # exact in dtype
@@ -193,6 +189,30 @@ def test_cpu_backward_vector_widths_match_float64(dtype, channels):
         torch.testing.assert_close(
             g.double(), e, rtol=tol, atol=tol * e.abs().max().item(), msg=lambda m, name=name: f"{name}: {m}"
         )
+
+
+@requires_op
+@pytest.mark.parametrize("channels", [16, 32, 48, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_backward_vector_widths_match_float64(dtype, channels):
+    """D a multiple of 16 takes the AVX-512 backward where the CPU has it (1-4 registers per head)."""
+    check_backward_matches_float64(dtype, channels, levels=((9, 13), (5, 7), (3, 4)), points=4)
+
+
+@requires_op
+@pytest.mark.parametrize(
+    "levels,points",
+    [
+        (((9, 13),), 1),  # 1 sample per (query, head)
+        (((9, 13), (5, 7), (3, 4), (2, 2)), 4),  # 16: one full block of 16 lanes
+        (((9, 13), (5, 7), (3, 4)), 7),  # 21: a full block and a block of 5
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_backward_sample_blocks_match_float64(dtype, levels, points):
+    """The AVX-512 kernels set up the L * P samples of a (query, head) 16 at a time: counts below, at and
+    above 16 give the gradients of the float64 op."""
+    check_backward_matches_float64(dtype, 32, levels=levels, points=points)
 
 
 @requires_op
