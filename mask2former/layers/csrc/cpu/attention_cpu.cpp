@@ -9,10 +9,11 @@
 // Why: the Transformer decoder's attention has short heads (D = 32) and long key rows (up to 2304 keys), where
 // PyTorch's batched GEMMs reach a third of the CPU's float32 peak, and its bfloat16 backward on a CPU without
 // AMX is slower still. Here each (batch, head) pair is one task (no atomics: a task owns its dK, dV), and the
-// head's q, k, v are first copied into float buffers padded to whole tiles (zeros), k and v also transposed,
-// so that every product is one register-blocked micro-kernel (`tile_product`: 8 rows x 2 vectors of
-// accumulators, one broadcast and two vector loads per 16 FMAs) with unit-stride vector loads.
-//   forward, per block of 8 query rows: S = (scale q) k^T for the whole key row, masked to -inf, row max,
+// head's q, k, v are first copied into float buffers padded to whole tiles (zeros), k and v also transposed
+// (16 x 16 blocks through vector shuffles), so that every product is one register-blocked micro-kernel
+// (`tile_product`: 8 rows x 2 vectors of accumulators, two vector loads and 8 broadcast loads per 16 FMAs).
+// The mask becomes an additive bias (0 or -inf) per batch, shared by the heads.
+//   forward, per block of 8 query rows: S = (scale q) k^T + bias for the whole key row, row max,
 //     P = exp(S - max), O = P v / rowsum(P), lse = max + log(rowsum(P)).
 //   backward, per block of 2 vectors of keys, for all query rows: P = exp(S - lse) recomputed, dP = dO v^T,
 //     dS = P * (dP - rowsum(dO * O)); dV = P^T dO and dK = dS^T (scale q) complete for the block (written
@@ -181,18 +182,64 @@ ATTENTION_INLINE void copy_rows(const S* src, int64_t stride_l, int64_t stride_d
   }
 }
 
-// dst [D_pad, rows_pad] = src head [rows, D] transposed, zeros elsewhere
+// The kLanes x kLanes block in `rows` transposed in place: log2(kLanes) rounds, round h swapping the
+// off-diagonal h x h blocks of every 2h x 2h block with two-vector shuffles.
+template <typename T>
+ATTENTION_INLINE void transpose_block(Vec<T> (&rows)[kLanes<T>]) {
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Lane;
+  typedef Lane Index __attribute__((vector_size(64)));
+#pragma GCC unroll 4
+  for (int h = kLanes<T> / 2; h >= 1; h /= 2) {
+    Index low, high;  // row r takes row r + h's left half of each 2h block, r + h takes r's right half
+#pragma GCC unroll 16
+    for (int l = 0; l < kLanes<T>; ++l) {
+      low[l] = (l & h) ? kLanes<T> + l - h : l;
+      high[l] = (l & h) ? kLanes<T> + l : l + h;
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < kLanes<T>; ++r) {
+      if (r & h) continue;
+      const Vec<T> upper = rows[r], lower = rows[r + h];
+      rows[r] = __builtin_shuffle(upper, lower, low);
+      rows[r + h] = __builtin_shuffle(upper, lower, high);
+    }
+  }
+}
+
+// dst[d * rows_pad + i] = src[i * stride_l + d * stride_d] for i in [i0, i1), d in [d0, d1)
+template <typename S, typename T>
+ATTENTION_INLINE void transpose_scalar(const S* src, int64_t stride_l, int64_t stride_d, int64_t i0, int64_t i1,
+                                       int64_t d0, int64_t d1, T* dst, int64_t rows_pad) {
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t d = d0; d < d1; ++d) dst[d * rows_pad + i] = static_cast<T>(src[i * stride_l + d * stride_d]);
+  }
+}
+
+// dst [D_pad, rows_pad] = src head [rows, D] transposed, zeros elsewhere. With contiguous channels, by
+// kLanes x kLanes blocks in registers; the remainder (and other strides) element by element.
 template <typename S, typename T>
 ATTENTION_INLINE void copy_transposed(const S* src, int64_t stride_l, int64_t stride_d, int64_t rows, int64_t D,
                                       T* dst, int64_t rows_pad, int64_t D_pad) {
+  constexpr int L = kLanes<T>;
   std::memset(dst, 0, sizeof(T) * rows_pad * D_pad);
-  constexpr int64_t block = 16;  // rows per pass: each channel's 16 values fill one cache line of dst
-  for (int64_t i0 = 0; i0 < rows; i0 += block) {
-    const int64_t i1 = std::min(i0 + block, rows);
-    for (int64_t d = 0; d < D; ++d) {
-      for (int64_t i = i0; i < i1; ++i) dst[d * rows_pad + i] = static_cast<T>(src[i * stride_l + d * stride_d]);
+  const int64_t block_rows = stride_d == 1 ? rows - rows % L : 0;
+  const int64_t block_D = stride_d == 1 ? D - D % L : 0;
+  for (int64_t i0 = 0; i0 < block_rows; i0 += L) {
+    for (int64_t d0 = 0; d0 < block_D; d0 += L) {
+      Vec<T> block[L];
+#pragma GCC unroll 16
+      for (int r = 0; r < L; ++r) {
+        const S* row = src + (i0 + r) * stride_l + d0;
+#pragma GCC unroll 16
+        for (int l = 0; l < L; ++l) block[r][l] = static_cast<T>(row[l]);
+      }
+      transpose_block<T>(block);
+#pragma GCC unroll 16
+      for (int l = 0; l < L; ++l) store(dst + (d0 + l) * rows_pad + i0, block[l]);
     }
   }
+  transpose_scalar(src, stride_l, stride_d, 0, block_rows, block_D, D, dst, rows_pad);
+  transpose_scalar(src, stride_l, stride_d, block_rows, rows, 0, D, dst, rows_pad);
 }
 
 template <typename S>
