@@ -131,3 +131,21 @@ def test_registration_passes_opcheck():
     allowed = torch.rand(2, 1, 5, 21, generator=generator) < 0.5
     allowed[..., 0] = True
     torch.library.opcheck(torch.ops.mask2former.attention.default, (q, k, v, allowed, 8**-0.5))
+
+
+def test_strided_inputs_and_one_mask_for_the_batch():
+    """k and v with channels that are not contiguous (the element-by-element copy path) and an allowed
+    mask [1, 1, Lq, Lk] shared by both images."""
+    generator = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 1, 9, 5, generator=generator, dtype=torch.float64)
+    k, v = (
+        torch.randn(2, 1, 5, 19, generator=generator, dtype=torch.float64).transpose(2, 3) for _ in range(2)
+    )
+    assert k.stride(-1) != 1
+    allowed = _mask(1, 9, 19, generator)
+    inputs = tuple(t.requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: _attention(q, k, v, allowed), inputs)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(_attention(q, k, v, allowed), expected, rtol=1e-12, atol=1e-12)
+    out32 = _attention(q.detach().float(), k.detach().float(), v.detach().float(), allowed)
+    torch.testing.assert_close(out32.double(), expected, rtol=2e-5, atol=2e-5)
