@@ -10,7 +10,7 @@
 // PyTorch's batched GEMMs reach a third of the CPU's float32 peak, and its bfloat16 backward on a CPU without
 // AMX is slower still. Here each (batch, head) pair is one task (no atomics: a task owns its dK, dV), and the
 // head's q, k, v are first copied into float buffers padded to whole tiles (zeros), k and v also transposed
-// (16 x 16 blocks through vector shuffles), so that every product is one register-blocked micro-kernel
+// (16 x 16 blocks through vector shuffles, __builtin_shufflevector: GCC 12 or clang), so that every product is one register-blocked micro-kernel
 // (`tile_product`: 8 rows x 2 vectors of accumulators, two vector loads and 8 broadcast loads per 16 FMAs).
 // The mask becomes an additive bias (0 or -inf) per batch, shared by the heads.
 //   forward, per block of 8 query rows: S = (scale q) k^T + bias for the whole key row, row max,
@@ -35,6 +35,7 @@
 #include <limits>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors are only passed between always-inlined functions
@@ -182,28 +183,32 @@ ATTENTION_INLINE void copy_rows(const S* src, int64_t stride_l, int64_t stride_d
   }
 }
 
-// The kLanes x kLanes block in `rows` transposed in place: log2(kLanes) rounds, round h swapping the
-// off-diagonal h x h blocks of every 2h x 2h block with two-vector shuffles.
+// Lane l of the two rows r (upper) and r + h (lower) of a block-transpose round h: the upper row takes the lower
+// row's left half of each 2h block (shuffle index kLanes + l - h), the lower row the upper row's right half.
+template <typename T, int h, size_t... lane>
+ATTENTION_INLINE void swap_halves(Vec<T>& upper, Vec<T>& lower, std::index_sequence<lane...>) {
+  constexpr int L = kLanes<T>;
+  const Vec<T> u = upper, w = lower;
+  upper = __builtin_shufflevector(u, w, ((lane & h) ? L + static_cast<int>(lane) - h : static_cast<int>(lane))...);
+  lower = __builtin_shufflevector(u, w, ((lane & h) ? L + static_cast<int>(lane) : static_cast<int>(lane) + h)...);
+}
+
+// Round h of the transpose of a kLanes x kLanes block: the off-diagonal h x h blocks of every 2h x 2h block
+// swapped. Rounds h = kLanes / 2, ..., 1 transpose the block.
+template <typename T, int h>
+ATTENTION_INLINE void transpose_round(Vec<T> (&rows)[kLanes<T>]) {
+#pragma GCC unroll 16
+  for (int r = 0; r < kLanes<T>; ++r) {
+    if (!(r & h)) swap_halves<T, h>(rows[r], rows[r + h], std::make_index_sequence<kLanes<T>>{});
+  }
+}
+
 template <typename T>
 ATTENTION_INLINE void transpose_block(Vec<T> (&rows)[kLanes<T>]) {
-  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Lane;
-  typedef Lane Index __attribute__((vector_size(64)));
-#pragma GCC unroll 4
-  for (int h = kLanes<T> / 2; h >= 1; h /= 2) {
-    Index low, high;  // row r takes row r + h's left half of each 2h block, r + h takes r's right half
-#pragma GCC unroll 16
-    for (int l = 0; l < kLanes<T>; ++l) {
-      low[l] = (l & h) ? kLanes<T> + l - h : l;
-      high[l] = (l & h) ? kLanes<T> + l : l + h;
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < kLanes<T>; ++r) {
-      if (r & h) continue;
-      const Vec<T> upper = rows[r], lower = rows[r + h];
-      rows[r] = __builtin_shuffle(upper, lower, low);
-      rows[r + h] = __builtin_shuffle(upper, lower, high);
-    }
-  }
+  if constexpr (kLanes<T> == 16) transpose_round<T, 8>(rows);
+  transpose_round<T, 4>(rows);
+  transpose_round<T, 2>(rows);
+  transpose_round<T, 1>(rows);
 }
 
 // dst[d * rows_pad + i] = src[i * stride_l + d * stride_d] for i in [i0, i1), d in [d0, d1)
