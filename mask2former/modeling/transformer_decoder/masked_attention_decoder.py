@@ -61,9 +61,9 @@ def _compiled_attention_applies(q: Tensor, dropout: float) -> bool:
     """Whether the attention runs in the compiled `mask2former::attention` (layers/csrc/cpu/attention_cpu.cpp):
     on the CPU, float32 or bfloat16, without dropout and when nothing traces or compiles the model (which
     keep SDPA, a portable operator). At this decoder's sizes (100 queries, 8 heads of 32, 100-2304 keys) it
-    took 0.3-0.65x SDPA's time forward, 0.2-0.7x forward and backward in float32, and in bfloat16 training
-    0.4-0.65x the float32 SDPA that the cast below falls back to (one thread of this project's AMD
-    development machine, tools/benchmark_attention.py)."""
+    took 0.35-0.65x SDPA's time forward, 0.45-0.7x forward and backward in float32, and in bfloat16
+    training 0.35-0.65x the float32 SDPA that the cast below falls back to (1 and 2 threads of this
+    project's AMD development machine, tools/benchmark_attention.py)."""
     return (
         q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.bfloat16)
