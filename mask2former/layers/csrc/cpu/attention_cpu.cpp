@@ -10,8 +10,9 @@
 // PyTorch's batched GEMMs reach a third of the CPU's float32 peak, and its bfloat16 backward on a CPU without
 // AMX is slower still. Here each (batch, head) pair is one task (no atomics: a task owns its dK, dV), and the
 // head's q, k, v are first copied into float buffers padded to whole tiles (zeros), k and v also transposed
-// (16 x 16 blocks through vector shuffles, __builtin_shufflevector: GCC 12 or clang), so that every product is one register-blocked micro-kernel
-// (`tile_product`: 8 rows x 2 vectors of accumulators, two vector loads and 8 broadcast loads per 16 FMAs).
+// (16 x 16 blocks through vector shuffles, __builtin_shufflevector: GCC 12 or clang), so that every product is
+// one register-blocked micro-kernel (`tile_product`: 8 rows x 2 vectors of accumulators, two vector loads and
+// 8 broadcast loads per 16 FMAs).
 // The mask becomes an additive bias (0 or -inf) per batch, shared by the heads.
 //   forward, per block of 8 query rows: S = (scale q) k^T + bias for the whole key row, row max,
 //     P = exp(S - max), O = P v / rowsum(P), lse = max + log(rowsum(P)).
@@ -251,8 +252,8 @@ template <typename S>
 struct ForwardArgs {
   Shape shape;
   Slices<S> q, k, v;
-  S* out;        // [B, M, Lq, D]
-  void* lse;     // [B, M, Lq] of the compute type
+  S* out;           // [B, M, Lq, D]
+  void* lse;        // [B, M, Lq] of the compute type
   uint8_t* no_key;  // [B * M]: set to 1 when a query row of the head has no allowed key
 };
 
@@ -279,7 +280,7 @@ ATTENTION_INLINE void forward_heads(const ForwardArgs<S>& a, int64_t begin, int6
       for (int64_t j0 = 0; j0 < Lkp; j0 += kTile<T>) {  // S [8, Lk_pad], blocked keys at -inf
         const Tile<T> t = tile_product(q.data() + i0 * Dp, Dp, 1, kt.data() + j0, Lkp, Dp);
 #pragma GCC unroll 8
-        for (int r = 0; r < kRows; ++r) {  // padding rows read the last row's mask and are dropped below
+        for (int r = 0; r < kRows; ++r) {  // padding rows read the last row's bias and are dropped below
           const T* row_bias = bias + std::min(i0 + r, Lq - 1) * Lkp;
 #pragma GCC unroll 2
           for (int c = 0; c < 2; ++c) {
