@@ -178,10 +178,11 @@ struct Shape {
 template <typename S, typename T>
 ATTENTION_INLINE void copy_rows(const S* src, int64_t stride_l, int64_t stride_d, int64_t rows, int64_t D,
                                 T factor, T* dst, int64_t rows_pad, int64_t D_pad) {
-  std::memset(dst, 0, sizeof(T) * rows_pad * D_pad);
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t d = 0; d < D; ++d) dst[i * D_pad + d] = factor * static_cast<T>(src[i * stride_l + d * stride_d]);
+    std::fill(dst + i * D_pad + D, dst + (i + 1) * D_pad, T(0));
   }
+  std::fill(dst + rows * D_pad, dst + rows_pad * D_pad, T(0));
 }
 
 // Lane l of the two rows r (upper) and r + h (lower) of a block-transpose round h: the upper row takes the lower
@@ -227,7 +228,8 @@ template <typename S, typename T>
 ATTENTION_INLINE void copy_transposed(const S* src, int64_t stride_l, int64_t stride_d, int64_t rows, int64_t D,
                                       T* dst, int64_t rows_pad, int64_t D_pad) {
   constexpr int L = kLanes<T>;
-  std::memset(dst, 0, sizeof(T) * rows_pad * D_pad);
+  for (int64_t d = 0; d < D; ++d) std::fill(dst + d * rows_pad + rows, dst + (d + 1) * rows_pad, T(0));
+  std::fill(dst + D * rows_pad, dst + D_pad * rows_pad, T(0));
   const int64_t block_rows = stride_d == 1 ? rows - rows % L : 0;
   const int64_t block_D = stride_d == 1 ? D - D % L : 0;
   for (int64_t i0 = 0; i0 < block_rows; i0 += L) {
