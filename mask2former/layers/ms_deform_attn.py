@@ -143,6 +143,47 @@ def _fake_group_norm_backward(
     return grad_input, mean.new_empty((channels,)), mean.new_empty((channels,))
 
 
+def _fake_attention(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Output metadata of `mask2former::attention` (the Transformer decoder's attention on the CPU, see
+    modeling/transformer_decoder/masked_attention_decoder.py): q [B, M, Lq, D] -> out [B, M, Lq, D] in q's
+    dtype, row log-sum-exp [B, M, Lq] in float32 (float64 for float64 q)."""
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=lse_dtype)
+
+
+def _fake_attention_backward(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    allowed: Tensor | None,
+    out: Tensor,
+    lse: Tensor,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradient metadata of `mask2former::attention`: the shapes and dtypes of q, k and v."""
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _attention_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    q, k, v, allowed, scale = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, allowed, out, lse)
+    ctx.scale = scale
+
+
+def _attention_backward(ctx, grad_out: Tensor, grad_lse: Tensor | None) -> tuple[Tensor | None, ...]:
+    """dq, dk, dv in one pass that recomputes the attention weights from the saved log-sum-exp."""
+    q, k, v, allowed, out, lse = ctx.saved_tensors
+    grad_q, grad_k, grad_v = torch.ops.mask2former.attention_backward(
+        grad_out, q, k, v, allowed, out, lse, ctx.scale
+    )
+    return grad_q, grad_k, grad_v, None, None
+
+
 def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
@@ -190,7 +231,12 @@ def load_extension() -> ModuleType | None:
         torch.library.register_fake("mask2former::group_norm_backward_channels_last")(
             _fake_group_norm_backward
         )
+        torch.library.register_fake("mask2former::attention")(_fake_attention)
+        torch.library.register_fake("mask2former::attention_backward")(_fake_attention_backward)
         torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
+        torch.library.register_autograd(
+            "mask2former::attention", _attention_backward, setup_context=_attention_setup_context
+        )
     _loaded["module"] = module
     return module
 

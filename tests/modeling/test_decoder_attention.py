@@ -1,16 +1,31 @@
 """The decoder's `multi_head_attention` against nn.MultiheadAttention, in float32 and in bfloat16
-training (where on a CPU without AMX the attention itself runs in float32); `mask_logits` (sparse
-backward) against einsum."""
+training, through the compiled CPU attention and through SDPA (where on a CPU without AMX the
+attention itself runs in float32); `mask_logits` (sparse backward) against einsum."""
+
+import importlib
 
 import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mask2former.layers.ms_deform_attn import compiled_op_available
 from mask2former.modeling.transformer_decoder.masked_attention_decoder import (
     mask_logits,
     multi_head_attention,
 )
+
+decoder_module = importlib.import_module("mask2former.modeling.transformer_decoder.masked_attention_decoder")
+
+
+@pytest.fixture(params=["compiled", "sdpa"])
+def attention_kernel(request, monkeypatch) -> str:
+    """Runs the test through the compiled CPU attention, then through SDPA (the path without the extension)."""
+    if request.param == "compiled":
+        assert compiled_op_available("cpu"), "mask2former._C is not built"
+    else:
+        monkeypatch.setattr(decoder_module, "compiled_op_available", lambda device: False)
+    return request.param
 
 
 def _inputs(lk: int):
@@ -23,15 +38,18 @@ def _inputs(lk: int):
 
 
 class _AttentionDtypes(TorchDispatchMode):
-    """Records the query dtype of every attention kernel that runs (forward and backward)."""
+    """Records the kernel and query dtype of every attention kernel that runs (forward and backward)."""
 
     def __init__(self):
         super().__init__()
-        self.dtypes: set[torch.dtype] = set()
+        self.kernels: set[tuple[str, torch.dtype]] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if "scaled_dot_product" in func.overloadpacket.__name__:
-            self.dtypes.add(args[0].dtype)
+        name = func.overloadpacket.__name__
+        if "scaled_dot_product" in name:
+            self.kernels.add(("sdpa", args[0].dtype))
+        elif func.namespace == "mask2former" and name.startswith("attention"):
+            self.kernels.add(("compiled", args[1 if name == "attention_backward" else 0].dtype))
         return func(*args, **(kwargs or {}))
 
 
@@ -41,7 +59,7 @@ def _reference(mha, query, key, blocked):
 
 
 @pytest.mark.parametrize("lk", [7, 33])
-def test_float32_training_matches_multihead_attention(lk):
+def test_float32_training_matches_multihead_attention(lk, attention_kernel):
     mha, query, key, blocked = _inputs(lk)
     query.requires_grad_()
     out = multi_head_attention(mha, query, key, key, blocked)
@@ -53,7 +71,7 @@ def test_float32_training_matches_multihead_attention(lk):
     torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_bfloat16_autocast_training_close_to_float32():
+def test_bfloat16_autocast_training_close_to_float32(attention_kernel):
     # bfloat16 projections (8-bit mantissa): values and gradients within bfloat16 rounding of float32
     mha, query, key, blocked = _inputs(33)
     query.requires_grad_()
@@ -62,9 +80,11 @@ def test_bfloat16_autocast_training_close_to_float32():
             out = multi_head_attention(mha, query, key, key, blocked)
         assert out.dtype == torch.bfloat16
         (grad,) = torch.autograd.grad(out.float().square().sum(), query)
-    # float32 where the bfloat16 attention backward is the slower one (a CPU without AMX tiles)
-    expected_dtype = torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32
-    assert attention.dtypes == {expected_dtype}
+    if attention_kernel == "compiled":  # reads and writes bfloat16 (computes in float32)
+        assert attention.kernels == {("compiled", torch.bfloat16)}
+    else:  # float32 where the bfloat16 SDPA backward is the slower one (a CPU without AMX tiles)
+        expected_dtype = torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32
+        assert attention.kernels == {("sdpa", expected_dtype)}
     query_ref = query.detach().clone().requires_grad_()
     expected = _reference(mha, query_ref, key, blocked)
     (grad_ref,) = torch.autograd.grad(expected.square().sum(), query_ref)

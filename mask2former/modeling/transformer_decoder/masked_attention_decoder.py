@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ...config import CfgNode
 from ...layers import Linear, PositionEmbeddingSine, c2_xavier_fill, linear
+from ...layers.ms_deform_attn import compiled_op_available
 from ...layers.weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
 from ..registry import TRANSFORMER_DECODER_REGISTRY
 
@@ -28,7 +29,8 @@ def multi_head_attention(
     mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None
 ) -> Tensor:
     """What `mha(query, key, value, attn_mask=attn_mask, need_weights=False)[0]` computes, with the
-    projections through `linear` (oneDNN in float32 CPU inference) and one SDPA call.
+    projections through `linear` (oneDNN in float32 CPU inference) and one attention call (the compiled
+    CPU op where `_compiled_attention_applies`, else SDPA).
     query [Lq, B, C], key/value [Lk, B, C], attn_mask bool [B, 1, Lq, Lk] (True = blocked; the same
     for every head, which SDPA on the CPU runs ~10x faster than a mask repeated per head) -> [Lq, B, C]"""
     lq, b, c = query.shape
@@ -43,7 +45,9 @@ def multi_head_attention(
     v = linear(value, w_v, b_v).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
     allowed = None if attn_mask is None else ~attn_mask  # [B, 1, Lq, Lk]
     dropout = mha.dropout if mha.training else 0.0
-    if _attention_backward_faster_in_float32(q):
+    if _compiled_attention_applies(q, dropout):
+        out = torch.ops.mask2former.attention(q, k, v, allowed, q.shape[-1] ** -0.5)[0]  # [B, M, Lq, D]
+    elif _attention_backward_faster_in_float32(q):
         with torch.autocast("cpu", enabled=False):  # autocast would run it in bfloat16 again
             out = F.scaled_dot_product_attention(
                 q.float(), k.float(), v.float(), attn_mask=allowed, dropout_p=dropout
@@ -51,6 +55,22 @@ def multi_head_attention(
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)  # [B, M, Lq, D]
     return linear(out.permute(2, 0, 1, 3).reshape(lq, b, c), out_w, out_b)
+
+
+def _compiled_attention_applies(q: Tensor, dropout: float) -> bool:
+    """Whether the attention runs in the compiled `mask2former::attention` (layers/csrc/cpu/attention_cpu.cpp):
+    on the CPU, float32 or bfloat16, without dropout and when nothing traces or compiles the model (which
+    keep SDPA, a portable operator). At this decoder's sizes (100 queries, 8 heads of 32, 100-2304 keys) it
+    took 0.35-0.65x SDPA's time forward, 0.45-0.7x forward and backward in float32, and in bfloat16
+    training 0.35-0.65x the float32 SDPA that the cast below falls back to (1 and 2 threads of this
+    project's AMD development machine, tools/benchmark_attention.py)."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.bfloat16)
+        and dropout == 0.0
+        and not graph_capture_active()
+        and compiled_op_available("cpu")
+    )
 
 
 def _attention_backward_faster_in_float32(q: Tensor) -> bool:
