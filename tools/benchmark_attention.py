@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mask2former.layers.ms_deform_attn import compiled_op_available
+from mask2former.layers.extension import compiled_op_available
 
 HEADS, CHANNELS, QUERIES = 8, 32, 100
 KEYS = (2304, 576, 144, 100)  # masked cross-attention over three scales, then the unmasked self-attention

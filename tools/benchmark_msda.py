@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from mask2former.layers.ms_deform_attn import compiled_op_available, ms_deform_attn
+from mask2former.layers.extension import compiled_op_available
+from mask2former.layers.ms_deform_attn import ms_deform_attn
 
 SHAPES = {
     "training": dict(batch=2, levels=((128, 128), (64, 64), (32, 32))),

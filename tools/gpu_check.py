@@ -300,7 +300,7 @@ def build_extension(report: Report, jobs: int, log_path: Path) -> None:
 
 def check_extension(report: Report) -> bool:
     """Whether the loaded mask2former._C is this checkout's and has kernels for the profile's device."""
-    from mask2former.layers.ms_deform_attn import compiled_op_available, load_extension
+    from mask2former.layers.extension import compiled_op_available, load_extension
 
     module = load_extension()
     if not report.check(

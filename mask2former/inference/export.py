@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from ..checkpoint.atomic import atomic_save, atomic_write
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.integrity import record_sha256, recorded_sha256, sha256_path, verify_sha256
-from ..layers.ms_deform_attn import compiled_op_available, deform_attn_implementation, load_extension
+from ..layers.extension import compiled_op_available, load_extension
+from ..layers.ms_deform_attn import deform_attn_implementation
 from ..modeling.meta_arch import MaskFormer
 from ..structures import ImageList
 

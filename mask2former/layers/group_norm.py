@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ms_deform_attn import compiled_op_available
+from .extension import compiled_op_available
 from .weight_cache import graph_capture_active
 
 __all__ = ["GroupNorm"]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import CfgNode
-from ..layers.ms_deform_attn import compiled_op_available
+from ..layers.extension import compiled_op_available
 from . import point_sampling
 from .point_sampling import sample_shared_points
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers.ms_deform_attn import compiled_op_available
+from ..layers.extension import compiled_op_available
 
 __all__ = [
     "calculate_uncertainty",

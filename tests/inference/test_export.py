@@ -22,8 +22,8 @@ from mask2former.inference.export import (
     postprocess_exported,
     run_onnx,
 )
+from mask2former.layers.extension import compiled_op_available
 from mask2former.layers.ms_deform_attn import (
-    compiled_op_available,
     deform_attn_implementation,
     ms_deform_attn,
     ms_deform_attn_reference,

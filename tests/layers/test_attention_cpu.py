@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mask2former.layers.ms_deform_attn import compiled_op_available
+from mask2former.layers.extension import compiled_op_available
 
 
 @pytest.fixture(autouse=True)

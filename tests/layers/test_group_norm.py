@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from mask2former.layers import GroupNorm
+from mask2former.layers.extension import compiled_op_available
 from mask2former.layers.group_norm import _GroupNormChannelsLast
-from mask2former.layers.ms_deform_attn import compiled_op_available
 
 
 def _norm(channels, groups=4, affine=True, seed=0):

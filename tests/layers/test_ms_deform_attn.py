@@ -7,11 +7,9 @@ import warnings
 import pytest
 import torch
 
-from mask2former.layers.ms_deform_attn import (
-    compiled_op_available,
-    ms_deform_attn,
-    ms_deform_attn_reference,
-)
+from mask2former.layers import extension
+from mask2former.layers.extension import compiled_op_available
+from mask2former.layers.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 from mask2former.utils.testing import load_fixture
 
 # The module, not the function of the same name that mask2former.layers re-exports.
@@ -323,7 +321,7 @@ def test_cpu_backward_is_deterministic_and_allowed_in_deterministic_mode():
 
 
 def test_fallback_warns_once_when_the_op_is_missing(monkeypatch):
-    monkeypatch.setattr(msda_module, "_loaded", {"module": None})
+    monkeypatch.setattr(extension, "_loaded", {"module": None})
     monkeypatch.setattr(msda_module, "_fallback_warned", set())
     inputs = random_inputs()
     with pytest.warns(RuntimeWarning, match="pip install --no-build-isolation -e ."):
@@ -344,7 +342,7 @@ def test_cpu_kernels_run_on_torchs_openmp_threads():
     """ATen's parallel_for runs on one thread in an extension compiled without OpenMP; compiled with it, the
     extension shares the libgomp that torch loaded (one OpenMP runtime, one thread pool, in the process)."""
     assert "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
-    assert msda_module.load_extension().WITH_OPENMP
+    assert extension.load_extension().WITH_OPENMP
     with open("/proc/self/maps") as maps:
         runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
     assert len(runtimes) == 1, runtimes

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mask2former.layers.ms_deform_attn import compiled_op_available
+from mask2former.layers.extension import compiled_op_available
 from mask2former.modeling.transformer_decoder.masked_attention_decoder import (
     mask_logits,
     multi_head_attention,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mask2former.layers.ms_deform_attn import compiled_op_available
+from mask2former.layers.extension import compiled_op_available
 from mask2former.modeling import point_sampling
 from mask2former.modeling.matcher import MAX_COST, HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mask2former.layers.ms_deform_attn import compiled_op_available
+from mask2former.layers.extension import compiled_op_available
 from mask2former.modeling import point_sampling
 from mask2former.modeling.point_sampling import (
     calculate_uncertainty,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ...config import CfgNode
 from ...layers import Linear, PositionEmbeddingSine, c2_xavier_fill, linear
-from ...layers.ms_deform_attn import compiled_op_available
+from ...layers.extension import compiled_op_available
 from ...layers.weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
 from ..registry import TRANSFORMER_DECODER_REGISTRY
 
