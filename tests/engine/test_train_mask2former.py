@@ -25,7 +25,7 @@ def test_tiny_mask2former_loss_halves_and_checkpoint_loads(tmp_path):
     root = tmp_path / "shapes"
     scenes = SceneConfig(height=64, width=64, min_things=1, max_things=2)
     generate_split(str(root), "train", 6, seed=0, cfg=scenes)
-    generate_split(str(root), "val", 2, seed=1, cfg=scenes)
+    generate_split(str(root), "val", 8, seed=1, cfg=scenes)
     register_bundled_datasets(str(root), prefix="halving_shapes")
     cfg = get_cfg()
     cfg.merge_from_file(str(TINY_CONFIG))
@@ -78,10 +78,11 @@ def test_tiny_mask2former_loss_halves_and_checkpoint_loads(tmp_path):
     results = evaluate(str(final))
     untrained = evaluate(str(initial))
     assert set(results) >= {"panoptic_seg", "segm", "sem_seg"}
-    # Measured (CPU, seed 0; 2 val images, so the levels move with any change of the training's
-    # arithmetic): trained PQ 32.3, mask AP 59.2, mIoU 84.8 at one commit, mIoU 41.5 and 36.5 (one
-    # thread) at later ones; untrained PQ 0, AP 0, mIoU 3.1.
-    assert results["panoptic_seg"]["PQ"] >= 20, results["panoptic_seg"]
-    assert results["segm"]["AP"] >= 30, results["segm"]
-    assert results["sem_seg"]["mIoU"] >= 30, results["sem_seg"]
-    assert untrained["panoptic_seg"]["PQ"] < 10 and untrained["sem_seg"]["mIoU"] < 20, untrained
+    # Measured (CPU, seed 0, 8 val images), trained: PQ 19.6, AP 14.4, mIoU 24.6 (2 threads); 22.5, 23.8,
+    # 20.9 (1 thread); with PyTorch's attention or GroupNorm backward instead of the compiled ones PQ 19.7
+    # and 19.5, AP 14.0 and 14.8, mIoU 25.0 and 30.6. Untrained: PQ 0, AP 0, mIoU 3.0. With 2 val images
+    # (before) the levels jumped by a whole instance between such float-rounding variants (AP 22.5 / 45).
+    assert results["panoptic_seg"]["PQ"] >= 10, results["panoptic_seg"]
+    assert results["segm"]["AP"] >= 7, results["segm"]
+    assert results["sem_seg"]["mIoU"] >= 12, results["sem_seg"]
+    assert untrained["panoptic_seg"]["PQ"] < 2 and untrained["sem_seg"]["mIoU"] < 8, untrained
