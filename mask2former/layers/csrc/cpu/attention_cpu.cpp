@@ -39,6 +39,8 @@
 #include <utility>
 #include <vector>
 
+#include "expf_reduced.h"
+
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors are only passed between always-inlined functions
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__linux__)
@@ -93,15 +95,8 @@ ATTENTION_INLINE Vec<T> exp_lanes(Vec<T> x) {
     const Int underflow = x < lo;
     x = x < lo ? lo : x;
     x = x > hi ? hi : x;
-    const Vec<T> n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // x / ln2 rounded
-    const Vec<T> r = (x - n * 0.693359375f) + n * 2.12194440e-4f;            // ln2 in two parts
-    Vec<T> p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    Vec<T> n, p;
+    expf_reduced(x, n, p);  // x = n ln2 + r, p = exp(r)
     const Int bits = (__builtin_convertvector(n, Int) + 127) << 23;  // 2^n, n in [-126, 127]
     Vec<T> power;
     std::memcpy(&power, &bits, sizeof power);

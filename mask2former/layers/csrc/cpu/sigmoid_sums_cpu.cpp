@@ -19,6 +19,8 @@
 #include <cstring>
 #include <tuple>
 
+#include "expf_reduced.h"
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__linux__)
 #define SIGMOID_SUMS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -44,17 +46,8 @@ inline float exp_negative_abs(float a) {
   float y;
   std::memcpy(&y, &a_bits, sizeof y);
   y = -y;
-  // y = n ln2 + r, |r| <= ln2 / 2: n = y / ln2 rounded to the nearest integer by adding and subtracting 1.5 * 2^23
-  // (plain arithmetic, which vectorises where std::floor or std::nearbyint may become library calls).
-  const float n = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (y - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 split in two for an exact n ln2
-  float p = 1.9875691500e-4f;  // exp(r) by its minimax polynomial of degree 6 (Cephes' expf coefficients)
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  float n, p;
+  expf_reduced(y, n, p);  // y = n ln2 + r, p = exp(r)
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
