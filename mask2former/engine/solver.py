@@ -1,7 +1,7 @@
 """Solver: optimizer with per-parameter hyper-parameters, gradient clipping, LR schedules.
 
-- `build_optimizer(cfg, model)`: AdamW or SGD (PyTorch's fused kernels) over parameter groups that share (lr, weight decay):
-  parameters of modules whose name contains "backbone" get `BASE_LR * BACKBONE_MULTIPLIER`; norm
+- `build_optimizer(cfg, model)`: AdamW or SGD (PyTorch's fused kernels) over parameter groups that
+  share (lr, weight decay): parameters of modules whose name contains "backbone" get `BASE_LR * BACKBONE_MULTIPLIER`; norm
   layers get `WEIGHT_DECAY_NORM`; `nn.Embedding` weights and Swin's `relative_position_bias_table`
   / `absolute_pos_embed` get `WEIGHT_DECAY_EMBED`; biases get `BIAS_LR_FACTOR` and, when set,
   `WEIGHT_DECAY_BIAS` (Detectron2's meaning; the defaults change nothing).

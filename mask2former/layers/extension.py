@@ -30,8 +30,6 @@ BUILD_HINT = (
     "(add FORCE_CUDA=1 to compile the CUDA kernels on a machine without a visible GPU)"
 )
 EXTENSION = "mask2former._C"
-_MSDA = "mask2former::ms_deform_attn"
-_MSDA_BACKWARD = "mask2former::ms_deform_attn_backward"
 
 # Filled by load_extension() on its first call: {"module": the loaded extension or None}.
 _loaded: dict[str, ModuleType | None] = {}
@@ -149,6 +147,18 @@ def _ms_deform_attn_backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, .
     return grad_value, None, None, grad_locations, grad_weights
 
 
+# Output metadata of every op, by name in the mask2former namespace.
+_FAKES = {
+    "ms_deform_attn": _fake_ms_deform_attn,
+    "ms_deform_attn_backward": _fake_ms_deform_attn_backward,
+    "sample_shared_points": _fake_sample_shared_points,
+    "sigmoid_and_sums": _fake_sigmoid_and_sums,
+    "group_norm_backward_channels_last": _fake_group_norm_backward,
+    "attention": _fake_attention,
+    "attention_backward": _fake_attention_backward,
+}
+
+
 def load_extension() -> ModuleType | None:
     """Load `mask2former._C` once and register autograd and the fake kernels of its ops.
 
@@ -169,17 +179,12 @@ def load_extension() -> ModuleType | None:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        torch.library.register_fake(_MSDA)(_fake_ms_deform_attn)
-        torch.library.register_fake(_MSDA_BACKWARD)(_fake_ms_deform_attn_backward)
-        torch.library.register_fake("mask2former::sample_shared_points")(_fake_sample_shared_points)
-        torch.library.register_fake("mask2former::sigmoid_and_sums")(_fake_sigmoid_and_sums)
-        torch.library.register_fake("mask2former::group_norm_backward_channels_last")(
-            _fake_group_norm_backward
-        )
-        torch.library.register_fake("mask2former::attention")(_fake_attention)
-        torch.library.register_fake("mask2former::attention_backward")(_fake_attention_backward)
+        for name, fake in _FAKES.items():
+            torch.library.register_fake(f"mask2former::{name}")(fake)
         torch.library.register_autograd(
-            _MSDA, _ms_deform_attn_backward, setup_context=_ms_deform_attn_setup_context
+            "mask2former::ms_deform_attn",
+            _ms_deform_attn_backward,
+            setup_context=_ms_deform_attn_setup_context,
         )
         torch.library.register_autograd(
             "mask2former::attention", _attention_backward, setup_context=_attention_setup_context

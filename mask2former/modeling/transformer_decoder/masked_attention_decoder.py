@@ -100,8 +100,9 @@ def _projection_weights(mha: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, 
 def _mask_product(embed: Tensor, features: Tensor) -> Tensor:
     """einsum("bqc,bchw->bqhw", embed, features) -> [B, Q, H, W]. On the CPU with no gradient recorded
     (and nothing tracing), each image is one `linear` that reads the features as an [HW, C] view
-    (transposed for channel-first features, plain for channels-last ones): oneDNN's product, where einsum's batched one runs on MKL (1.1 against 3.0 ms for R50's masks
-    at 384x384 in float32 on 2 threads of this project's AMD development machine)."""
+    (transposed for channel-first features, plain for channels-last ones): oneDNN's product, where
+    einsum's batched one runs on MKL (1.1 against 3.0 ms for R50's masks at 384x384 in float32 on 2
+    threads of this project's AMD development machine)."""
     if embed.device.type != "cpu" or not preparing_weights_allowed():
         return torch.einsum("bqc,bchw->bqhw", embed, features)
     b, _, h, w = features.shape
@@ -194,8 +195,8 @@ def _resize_for_attention(masks: Tensor, size: tuple[int, ...]) -> Tensor:
     scales of a padded image), the bilinear source point of each output pixel lies halfway between
     pixels f/2 - 1 and f/2 of its f x f block in each direction, so the result is a quarter of the sum
     of four strided slices. Summed in float32 (float64 for float64) like F.interpolate, it is the same
-    in bfloat16 and within one rounding (a different summation order) in float32 and float64. PyTorch's CPU kernel for these channel-first
-    maps took 0.6-2 ms per call; the slices are small."""
+    in bfloat16 and within one rounding (a different summation order) in float32 and float64.
+    PyTorch's CPU kernel for these channel-first maps took 0.6-2 ms per call; the slices are small."""
     h, w = size
     height, width = masks.shape[-2:]
     factor = height // h
