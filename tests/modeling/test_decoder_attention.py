@@ -104,7 +104,7 @@ def test_mask_logits_sparse_backward_matches_einsum(dtype):
         return (masks.float()[picked] * torch.linspace(-1, 1, 63).view(7, 9)).sum()
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        got = mask_logits(embed, features)
+        (got,) = mask_logits([embed], features)
         expected = torch.einsum("bqc,bchw->bqhw", embed, features)
     assert got.dtype == expected.dtype == dtype
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -134,7 +134,7 @@ def test_mask_logits_sparse_backward_gives_the_gradients_asked_for(batch, picked
     features.requires_grad_(trainable in ("features", "both"))
     weights = torch.randn(len(picked[0]), 5, 6)
     inputs = [t for t in (embed, features) if t.requires_grad]
-    got = torch.autograd.grad((mask_logits(embed, features)[picked] * weights).sum(), inputs)
+    got = torch.autograd.grad((mask_logits([embed], features)[0][picked] * weights).sum(), inputs)
     expected = torch.einsum("bqc,bchw->bqhw", embed.double(), features.double())
     expected_grads = torch.autograd.grad((expected[picked] * weights.double()).sum(), inputs)
     for g, e in zip(got, expected_grads):
@@ -142,6 +142,42 @@ def test_mask_logits_sparse_backward_gives_the_gradients_asked_for(batch, picked
     if features.requires_grad:
         layout = torch.channels_last if channels_last else torch.contiguous_format
         assert got[-1].is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["made", "given"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_mask_logits_of_several_layers_sum_their_feature_gradients(channels_last, given):
+    """Three decoder layers' masks from one call: each layer's embedding gradient and the features'
+    gradient summed over the layers, against float64 einsum; a layer whose masks no loss reads
+    (the second) gets a zero embedding gradient, an image no layer matched a zero feature gradient.
+    Products made before without gradient (as the decoder makes them) are returned as they are."""
+    torch.manual_seed(3)
+    embeds = [torch.randn(2, 10, 16, requires_grad=True) for _ in range(3)]
+    features = torch.randn(2, 16, 5, 6)
+    if channels_last:
+        features = features.to(memory_format=torch.channels_last)
+    features.requires_grad_(True)
+    picked = {0: ([0, 0], [1, 7]), 2: ([0], [7])}  # layer -> (image, query) of its matched masks
+    weights = {layer: torch.randn(len(rows[0]), 5, 6) for layer, rows in picked.items()}
+
+    def loss(masks):
+        return sum(
+            (masks[layer][rows] * weights[layer].to(masks[layer].dtype)).sum()
+            for layer, rows in picked.items()
+        )
+
+    inputs = [*embeds, features]
+    with torch.no_grad():
+        computed = [torch.einsum("bqc,bchw->bqhw", e, features) for e in embeds] if given else None
+    masks = mask_logits(embeds, features, computed)
+    if given:
+        assert all(m is c for m, c in zip(masks, computed))
+    got = torch.autograd.grad(loss(masks), inputs, materialize_grads=True)
+    expected = [torch.einsum("bqc,bchw->bqhw", e.double(), features.double()) for e in embeds]
+    expected_grads = torch.autograd.grad(loss(expected), inputs, materialize_grads=True)
+    for g, e in zip(got, expected_grads):
+        torch.testing.assert_close(g, e.float(), rtol=1e-5, atol=1e-5)
+    assert got[1].abs().sum() == 0 and got[-1][1].abs().sum() == 0 and got[-1][0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -155,10 +191,10 @@ def test_mask_logits_without_gradient_match_einsum(batch, dtype, channels_last):
     if channels_last:
         features = features.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        got = mask_logits(embed, features)
+        (got,) = mask_logits([embed], features)
     expected = torch.einsum("bqc,bchw->bqhw", embed.double(), features.double())
     assert got.dtype == dtype and got.shape == (batch, 10, 7, 9)
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert mask_logits(embed.float(), features.float()).dtype == torch.bfloat16
+        assert mask_logits([embed.float()], features.float())[0].dtype == torch.bfloat16

@@ -112,49 +112,68 @@ def _mask_product(embed: Tensor, features: Tensor) -> Tensor:
 
 
 class _MaskLogitsSparseBackward(torch.autograd.Function):
-    """einsum("bqc,bchw->bqhw", embed, features) whose backward multiplies only the queries whose mask
-    gradient is not all zero. In training only the matched queries' masks reach the loss (a few of
-    100), so the two [Q, HW] products of the backward shrink to those rows. The result is the same:
-    an all-zero gradient row adds exactly nothing to either gradient (unless embed or features hold
-    inf or NaN, where the dense product would give NaN). Reading the rows needs the gradient's values
-    on the host: used on the CPU only."""
+    """einsum("bqc,bchw->bqhw", embed, features) for the embeddings of several decoder layers, whose
+    backward multiplies only the queries whose mask gradient is not all zero. In training only the
+    matched queries' masks reach the loss (a few of 100 per layer), so the backward's products shrink
+    to those rows, and all layers' rows go into one product per image for each gradient: the feature
+    gradient is written once, not once per layer and then summed. The result is the same: an all-zero
+    gradient row adds exactly nothing to either gradient (unless embed or features hold inf or NaN,
+    where the dense product would give NaN). Reading the rows needs the gradient's values on the host:
+    used on the CPU only."""
 
     @staticmethod
-    def forward(ctx, embed: Tensor, features: Tensor) -> Tensor:
-        """embed [B, Q, C], features [B, C, H, W] (the same dtype) -> [B, Q, H, W]"""
-        ctx.save_for_backward(embed, features)
-        return _mask_product(embed, features)
+    def forward(
+        ctx, computed: tuple[Tensor, ...] | None, features: Tensor, *embeds: Tensor
+    ) -> tuple[Tensor, ...]:
+        """features [B, C, H, W], embeds L x [B, Q, C] (the same dtype) -> L x [B, Q, H, W]; the
+        products `computed` (made without gradient, from the same tensors) are returned as they are."""
+        ctx.save_for_backward(features, *embeds)
+        ctx.set_materialize_grads(False)  # a layer whose masks no loss reads gets None: nothing to do
+        if computed is not None:
+            return computed
+        return tuple(_mask_product(embed, features) for embed in embeds)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        embed, features = ctx.saved_tensors
-        b, q, h, w = grad.shape
-        grad = grad.reshape(b, q, h * w).to(embed.dtype)  # [B, Q, HW]
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        features, *embeds = ctx.saved_tensors
+        if all(grad is None for grad in grads):
+            return None, None, *(None for _ in embeds)
+        b, channels, h, w = features.shape
         flat = features.flatten(2)  # [B, C, HW]
         # the feature gradient in the features' layout: [HW, C] per image for channels-last features
         channels_last = (
             features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
         )
-        active = grad.any(-1)  # [B, Q]: queries whose mask has a gradient (a value other than 0 or -0)
-        grad_embed = torch.zeros_like(embed) if ctx.needs_input_grad[0] else None
+        wants_embed = ctx.needs_input_grad[2:]
+        grad_embeds = [torch.zeros_like(e) if wanted else None for e, wanted in zip(embeds, wants_embed)]
+        layers = [
+            (grad.reshape(b, -1, h * w).to(features.dtype), embed, grad_embed)  # [B, Q, HW], ...
+            for grad, embed, grad_embed in zip(grads, embeds, grad_embeds)
+            if grad is not None
+        ]
+        active = [grad.any(-1) for grad, _, _ in layers]  # L x [B, Q]: rows with a gradient (not 0 or -0)
         grad_features = []  # per image [C, HW] or [HW, C], each written once by its product (no zero fill)
         for i in range(b):
-            rows = active[i].nonzero().squeeze(1)  # [N]
-            g = grad[i, rows]  # [N, HW]
-            if grad_embed is not None and rows.numel():
-                grad_embed[i, rows] = linear(g, flat[i])  # [N, HW] x [C, HW]^T -> [N, C]
+            rows = [a[i].nonzero().squeeze(1) for a in active]  # L x [N_l]
+            g = torch.cat([grad[i, r] for (grad, _, _), r in zip(layers, rows)])  # [N, HW]
+            if any(grad_embed is not None for _, _, grad_embed in layers) and g.shape[0]:
+                grad_rows = linear(g, flat[i]).split([r.numel() for r in rows])  # [N, HW] x [C, HW]^T
+                for (_, _, grad_embed), r, grad_r in zip(layers, rows, grad_rows):
+                    if grad_embed is not None:
+                        grad_embed[i, r] = grad_r
             if ctx.needs_input_grad[1]:
-                grad_features.append(_feature_gradient(embed[i, rows], g, channels_last, flat.shape[1:]))
+                e = torch.cat([embed[i, r] for (_, embed, _), r in zip(layers, rows)])  # [N, C]
+                grad_features.append(_feature_gradient(e, g, channels_last, (channels, h * w)))
         if not ctx.needs_input_grad[1]:
-            return grad_embed, None
+            return None, None, *grad_embeds
         stacked = grad_features[0].unsqueeze(0) if b == 1 else torch.stack(grad_features)
         if channels_last:  # [B, HW, C] -> [B, C, H, W] in channels-last memory
-            return grad_embed, stacked.view(b, h, w, -1).permute(0, 3, 1, 2)
-        return grad_embed, stacked.view(features.shape)  # [B, C, HW] -> [B, C, H, W]
+            return None, stacked.view(b, h, w, -1).permute(0, 3, 1, 2), *grad_embeds
+        return None, stacked.view(features.shape), *grad_embeds  # [B, C, HW] -> [B, C, H, W]
 
 
 def _feature_gradient(
-    embed_rows: Tensor, grad_rows: Tensor, channels_last: bool, shape: torch.Size
+    embed_rows: Tensor, grad_rows: Tensor, channels_last: bool, shape: tuple[int, int]
 ) -> Tensor:
     """One image's feature gradient from its active queries: embed_rows [N, C], grad_rows [N, HW] ->
     [HW, C] for channels-last features, else [C, HW]; zeros of that shape without active queries."""
@@ -166,24 +185,27 @@ def _feature_gradient(
     return linear(embed_rows.T.contiguous(), grad_rows.T.contiguous())  # [C, N] x [HW, N]^T -> [C, HW]
 
 
-def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
-    """embed [B, Q, C], features [B, C, H, W] -> mask logits [B, Q, H, W] (in autocast's dtype under
-    autocast); with the sparse backward of `_MaskLogitsSparseBackward` when autograd records it on
-    the CPU."""
-    if not (
-        torch.is_grad_enabled()
-        and (embed.requires_grad or features.requires_grad)
-        and embed.device.type == "cpu"
-        and not graph_capture_active()
-    ):
-        return _mask_product(embed, features)
+def mask_logits(embeds: list[Tensor], features: Tensor, computed: list[Tensor] | None = None) -> list[Tensor]:
+    """embeds L x [B, Q, C] (one per decoder layer), features [B, C, H, W] -> L x mask logits
+    [B, Q, H, W] (in autocast's dtype under autocast); with the sparse backward of
+    `_MaskLogitsSparseBackward` when autograd records it on the CPU.
+
+    `computed`: these products, already made without gradient (the decoder needs each layer's masks
+    before the next layer runs). The sparse backward takes them as they are; where autograd records
+    einsum instead (other devices, tracing) they are made again."""
+    if not (torch.is_grad_enabled() and (features.requires_grad or any(e.requires_grad for e in embeds))):
+        return computed if computed is not None else [_mask_product(embed, features) for embed in embeds]
+    if features.device.type != "cpu" or graph_capture_active():
+        return [torch.einsum("bqc,bchw->bqhw", embed, features) for embed in embeds]
     if torch.is_autocast_enabled("cpu"):  # the casts autocast would make, recorded for the backward
         dtype = torch.get_autocast_dtype("cpu")
-        embed, features = embed.to(dtype), features.to(dtype)
-    elif embed.dtype != features.dtype:
-        return torch.einsum("bqc,bchw->bqhw", embed, features)  # einsum reports the mismatch
+        embeds, features = [e.to(dtype) for e in embeds], features.to(dtype)
+    elif any(e.dtype != features.dtype for e in embeds):
+        return [torch.einsum("bqc,bchw->bqhw", e, features) for e in embeds]  # einsum reports the mismatch
     with torch.autocast("cpu", enabled=False):
-        return _MaskLogitsSparseBackward.apply(embed, features)
+        return list(
+            _MaskLogitsSparseBackward.apply(None if computed is None else tuple(computed), features, *embeds)
+        )
 
 
 def _resize_for_attention(masks: Tensor, size: tuple[int, ...]) -> Tensor:
@@ -204,9 +226,13 @@ def _resize_for_attention(masks: Tensor, size: tuple[int, ...]) -> Tensor:
         with torch.no_grad():
             return F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
     first, second = factor // 2 - 1, factor // 2
-    x = masks.detach().to(torch.promote_types(masks.dtype, torch.float32))
-    rows_first = x[..., first::factor, first::factor] + x[..., first::factor, second::factor]  # [B, Q, h, w]
-    rows_second = x[..., second::factor, first::factor] + x[..., second::factor, second::factor]
+    exact = torch.promote_types(masks.dtype, torch.float32)
+
+    def pixels(row: int, column: int) -> Tensor:  # [B, Q, h, w], cast after slicing: only what is read
+        return masks.detach()[..., row::factor, column::factor].to(exact)
+
+    rows_first = pixels(first, first) + pixels(first, second)
+    rows_second = pixels(second, first) + pixels(second, second)
     return ((rows_first + rows_second) * 0.25).to(masks.dtype)
 
 
@@ -381,9 +407,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         {"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, H, W]} plus, with deep supervision
         (default: in training, when built with it), "aux_outputs": the earlier layers' predictions.
 
-        Without deep supervision only the last layer's masks are made at full resolution: the
-        attention masks of the layers before come from mask features resized once to each scale
-        (resizing is linear, so resize(embed . features) = embed . resize(features))."""
+        With deep supervision each layer's masks are made at full resolution and resized for the
+        next layer's attention mask; they reach autograd after the last layer in one `mask_logits`
+        call (on the CPU: one sparse backward for all layers). Without it only the last layer's
+        masks are made at full resolution: the attention masks of the layers before come from mask
+        features resized once to each scale (resizing is linear, so resize(embed . features) =
+        embed . resize(features))."""
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature scales, got {len(x)}")
         if deep_supervision is None:
@@ -408,7 +437,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 _resize_for_attention(mask_features, s) for s in sizes
             ]  # 3 x [B, mask_dim, h_l, w_l]
 
-        classes, masks = [], []
+        classes, embeds, computed = [], [], []  # of the layers whose predictions are returned
         attn_mask: Tensor | None = None  # set by each prediction for the next layer
         for i in range(self.num_layers + 1):
             if i > 0:
@@ -420,17 +449,22 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 output = self.transformer_ffn_layers[i - 1](output)
             decoded = self.decoder_norm(output).transpose(0, 1)  # [B, Q, C]
             embed = self.mask_embed(decoded)  # [B, Q, mask_dim]
-            next_size = sizes[i % self.num_feature_levels]
             if deep_supervision or i == self.num_layers:
                 classes.append(self.class_embed(decoded))
-                masks.append(mask_logits(embed, mask_features))  # [B, Q, H, W]
+                embeds.append(embed)
             if i == self.num_layers:
                 break
-            if scaled_features is None:
-                low_res = _resize_for_attention(masks[-1], next_size)
-            else:
-                low_res = _mask_product(embed, scaled_features[i % self.num_feature_levels])
+            with torch.no_grad():  # the attention mask is not differentiated
+                if scaled_features is None:  # deep supervision: this layer's masks, made here once
+                    computed.append(_mask_product(embed, mask_features))  # [B, Q, H, W]
+                    low_res = _resize_for_attention(computed[-1], sizes[i % self.num_feature_levels])
+                else:
+                    low_res = _mask_product(embed, scaled_features[i % self.num_feature_levels])
             attn_mask = self.attention_mask(low_res)
+        if deep_supervision:
+            with torch.no_grad():
+                computed.append(_mask_product(embed, mask_features))
+        masks = mask_logits(embeds, mask_features, computed or None)  # L x [B, Q, H, W]
         out = {"pred_logits": classes[-1], "pred_masks": masks[-1]}
         if deep_supervision:
             out["aux_outputs"] = [
