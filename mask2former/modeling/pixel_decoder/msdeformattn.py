@@ -27,8 +27,10 @@ from ...layers import (
     ShapeSpec,
     c2_xavier_fill,
     get_norm,
+    linear,
     ms_deform_attn,
 )
+from ...layers.weight_cache import inference_weights, preparing_weights_allowed
 from ..registry import PIXEL_DECODER_REGISTRY
 
 
@@ -69,6 +71,26 @@ class MSDeformAttn(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
+    def _project_query(self, query: Tensor) -> Tensor:
+        """query [B, Q, C] -> sampling offsets and attention-weight logits side by side
+        [B, Q, M*L*P*2 + M*L*P]: both projections in one product (one pass over the query, one
+        gradient for it) with the two layers' weights stacked; at inference stacked (and cast to the
+        autocast dtype) once and kept."""
+        layers = (self.sampling_offsets, self.attention_weights)
+        sources = [t for layer in layers for t in (layer.weight, layer.bias)]
+
+        def stack(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+            weight = torch.cat([layer.weight for layer in layers]).to(dtype)
+            return weight, torch.cat([layer.bias for layer in layers]).to(dtype)
+
+        if not preparing_weights_allowed():  # training, tracing: stacked in the graph autograd records
+            return linear(query, *stack(self.sampling_offsets.weight.dtype))
+        dtype = self.sampling_offsets.weight.dtype
+        if torch.is_autocast_enabled(query.device.type):
+            dtype = torch.get_autocast_dtype(query.device.type)
+            query = query.to(dtype)  # what autocast would do; lets `linear` take oneDNN's path
+        return linear(query, *inference_weights(self, sources, dtype, lambda: stack(dtype)))
+
     def forward(
         self,
         query: Tensor,
@@ -84,10 +106,10 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(value_in).view(b, value_in.shape[1], m, self.d_model // m)  # [B, S, M, D]
         # Locations and weights at least in float32 (also under bfloat16 / float16 autocast): more exact,
         # and on the CPU far faster than bfloat16 element-wise ops over these small, broadcast shapes.
-        offsets = self.sampling_offsets(query)
+        offsets, logits = self._project_query(query).split([m * lv * p * 2, m * lv * p], -1)
         exact = torch.promote_types(offsets.dtype, torch.float32)
         offsets = offsets.to(exact).view(b, q, m, lv * p * 2)
-        weights = _short_row_softmax(self.attention_weights(query).to(exact).view(b, q, m, lv * p))
+        weights = _short_row_softmax(logits.to(exact).view(b, q, m, lv * p))
         # locations = reference + offset / (W_l, H_l), as one fused multiply-add over [B, Q, M, L*P*2]
         inv_size = 1.0 / spatial_shapes.flip(-1).to(offsets.device, exact, non_blocking=True)  # [L, 2]
         inv_size = inv_size[:, None, :].expand(lv, p, 2).reshape(lv * p * 2)
