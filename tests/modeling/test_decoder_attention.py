@@ -92,6 +92,29 @@ def test_bfloat16_autocast_training_close_to_float32(attention_kernel):
     torch.testing.assert_close(grad, grad_ref, rtol=0.1, atol=0.1)
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_self_attention_matches_multihead_attention(autocast, attention_kernel):
+    """Self-attention (the same tensor as query and key: q and k from one product) against float32
+    nn.MultiheadAttention: the output and the gradients of the input and the in-projection."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(64, 4)
+    x, pos = torch.randn(10, 2, 64, requires_grad=True), torch.randn(10, 2, 64)
+    inputs = (x, mha.in_proj_weight, mha.in_proj_bias)
+
+    def run(attend, enabled):
+        q = x + pos
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            out = attend(q)
+        return out.float(), torch.autograd.grad(out.float().square().sum(), inputs)
+
+    out, grads = run(lambda q: multi_head_attention(mha, q, q, x), autocast)
+    expected, expected_grads = run(lambda q: mha(q, q, x, need_weights=False)[0], False)
+    tol = 0.05 if autocast else 1e-5
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=2 * tol, atol=2 * tol * e.abs().max().item())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_mask_logits_sparse_backward_matches_einsum(dtype):
     # the loss reaches only a few queries' masks: their rows of the gradient are not zero

@@ -35,14 +35,22 @@ def multi_head_attention(
     for every head, which SDPA on the CPU runs ~10x faster than a mask repeated per head) -> [Lq, B, C]"""
     lq, b, c = query.shape
     lk, m = key.shape[0], mha.num_heads
+    self_attention = key is query  # q and k from one product
     in_w, in_b, out_w, out_b = _projection_weights(mha, query)
+    if torch.is_autocast_enabled(query.device.type):  # in training: the in-projection cast once, not per part
+        dtype = torch.get_autocast_dtype(query.device.type)
+        in_w, in_b = in_w.to(dtype), in_b.to(dtype)
     if in_w.dtype != query.dtype:  # under autocast: inputs in its dtype, as F.linear would cast them
         query, key, value = query.to(in_w.dtype), key.to(in_w.dtype), value.to(in_w.dtype)
-    w_q, w_k, w_v = in_w.chunk(3)
-    b_q, b_k, b_v = in_b.chunk(3)
-    q = linear(query, w_q, b_q).view(lq, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lq, D]
-    k = linear(key, w_k, b_k).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
-    v = linear(value, w_v, b_v).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
+    if self_attention:
+        q, k = linear(query, in_w[: 2 * c], in_b[: 2 * c]).chunk(2, -1)  # 2 x [Lq, B, C]
+    else:
+        q, k = linear(query, in_w[:c], in_b[:c]), linear(key, in_w[c : 2 * c], in_b[c : 2 * c])
+    q = q.view(lq, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lq, D]
+    k = k.view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
+    v = (
+        linear(value, in_w[2 * c :], in_b[2 * c :]).view(lk, b, m, c // m).permute(1, 2, 0, 3)
+    )  # [B, M, Lk, D]
     allowed = None if attn_mask is None else ~attn_mask  # [B, 1, Lq, Lk]
     dropout = mha.dropout if mha.training else 0.0
     if _compiled_attention_applies(q, dropout):
