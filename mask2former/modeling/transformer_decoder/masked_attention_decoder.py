@@ -41,16 +41,19 @@ def multi_head_attention(
         dtype = torch.get_autocast_dtype(query.device.type)
         in_w, in_b = in_w.to(dtype), in_b.to(dtype)
     if in_w.dtype != query.dtype:  # under autocast: inputs in its dtype, as F.linear would cast them
-        query, key, value = query.to(in_w.dtype), key.to(in_w.dtype), value.to(in_w.dtype)
+        query, value = query.to(in_w.dtype), value.to(in_w.dtype)
+        key = query if self_attention else key.to(in_w.dtype)
+    # one split of the in-projection (its backward is one concatenation, not a zero-filled copy per slice)
+    parts = [2 * c, c] if self_attention else [c, c, c]
+    *w_in, w_v = in_w.split(parts)
+    *b_in, b_v = in_b.split(parts)
     if self_attention:
-        q, k = linear(query, in_w[: 2 * c], in_b[: 2 * c]).chunk(2, -1)  # 2 x [Lq, B, C]
+        q, k = linear(query, w_in[0], b_in[0]).chunk(2, -1)  # 2 x [Lq, B, C]
     else:
-        q, k = linear(query, in_w[:c], in_b[:c]), linear(key, in_w[c : 2 * c], in_b[c : 2 * c])
+        q, k = linear(query, w_in[0], b_in[0]), linear(key, w_in[1], b_in[1])
     q = q.view(lq, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lq, D]
     k = k.view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
-    v = (
-        linear(value, in_w[2 * c :], in_b[2 * c :]).view(lk, b, m, c // m).permute(1, 2, 0, 3)
-    )  # [B, M, Lk, D]
+    v = linear(value, w_v, b_v).view(lk, b, m, c // m).permute(1, 2, 0, 3)  # [B, M, Lk, D]
     allowed = None if attn_mask is None else ~attn_mask  # [B, 1, Lq, Lk]
     dropout = mha.dropout if mha.training else 0.0
     if _compiled_attention_applies(q, dropout):
