@@ -106,6 +106,41 @@ def test_conv2d_training_gradients_match_f_conv2d(kernel_size, channels_last, on
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("in_channels", "channels_last", "as_linear"),
+    [(128, True, True), (128, False, False), (64, True, False)],
+    ids=["channels-last", "channel-first", "64-channels"],
+)
+def test_conv2d_pointwise_under_autocast_training_as_a_linear_layer(in_channels, channels_last, as_linear):
+    """In training under CPU autocast a channels-last 1x1 convolution with at least 128 input and
+    output channels runs as a linear layer over the channels (bfloat16 products, no convolution
+    operator, a channels-last result); others stay convolutions. Values and gradients within
+    bfloat16 rounding of float64 F.conv2d."""
+    torch.manual_seed(0)
+    conv = Conv2d(in_channels, 160, kernel_size=1)
+    x = torch.randn(1, in_channels, 7, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weights = torch.randn(1, 160, 7, 9)
+    with _AtenOps() as ops:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x)
+        grads = torch.autograd.grad((out.float() * weights).sum(), (x, conv.weight, conv.bias))
+    assert out.dtype == torch.bfloat16
+    if as_linear:
+        assert not ops.names & {"convolution", "convolution_backward"}, ops.names
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert "convolution" in ops.names, ops.names
+    inputs = (x.double(), conv.weight.double(), conv.bias.double())
+    expected = F.conv2d(*inputs)
+    expected_grads = torch.autograd.grad((expected * weights.double()).sum(), (x, conv.weight, conv.bias))
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+
+
 @needs_onednn
 @pytest.mark.parametrize("activation", ["none", "relu"])
 @pytest.mark.parametrize("shape", [(5, 7, 16), (33, 16)])
