@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mask2former.layers.extension import compiled_op_available
 from mask2former.modeling.transformer_decoder.masked_attention_decoder import (
+    layer_mask_logits,
     mask_logits,
     multi_head_attention,
 )
@@ -167,13 +168,17 @@ def test_mask_logits_sparse_backward_gives_the_gradients_asked_for(batch, picked
         assert got[-1].is_contiguous(memory_format=layout)
 
 
-@pytest.mark.parametrize("given", [False, True], ids=["made", "given"])
+@pytest.mark.parametrize("given", ["made", "given", "recorded"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
-def test_mask_logits_of_several_layers_sum_their_feature_gradients(channels_last, given):
+def test_mask_logits_of_several_layers_sum_their_feature_gradients(channels_last, given, monkeypatch):
     """Three decoder layers' masks from one call: each layer's embedding gradient and the features'
     gradient summed over the layers, against float64 einsum; a layer whose masks no loss reads
     (the second) gets a zero embedding gradient, an image no layer matched a zero feature gradient.
-    Products made before without gradient (as the decoder makes them) are returned as they are."""
+    Masks the decoder made before with `layer_mask_logits` are returned as they are: without
+    gradient for the sparse backward ("given"), or recorded by autograd where the sparse backward
+    does not apply ("recorded": as while tracing, or on another device)."""
+    if given == "recorded":
+        monkeypatch.setattr(decoder_module, "graph_capture_active", lambda: True)
     torch.manual_seed(3)
     embeds = [torch.randn(2, 10, 16, requires_grad=True) for _ in range(3)]
     features = torch.randn(2, 16, 5, 6)
@@ -190,10 +195,11 @@ def test_mask_logits_of_several_layers_sum_their_feature_gradients(channels_last
         )
 
     inputs = [*embeds, features]
-    with torch.no_grad():
-        computed = [torch.einsum("bqc,bchw->bqhw", e, features) for e in embeds] if given else None
+    computed = [layer_mask_logits(e, features) for e in embeds] if given != "made" else None
+    if computed is not None:
+        assert all(c.requires_grad == (given == "recorded") for c in computed)
     masks = mask_logits(embeds, features, computed)
-    if given:
+    if computed is not None:
         assert all(m is c for m, c in zip(masks, computed))
     got = torch.autograd.grad(loss(masks), inputs, materialize_grads=True)
     expected = [torch.einsum("bqc,bchw->bqhw", e.double(), features.double()) for e in embeds]

@@ -196,18 +196,36 @@ def _feature_gradient(
     return linear(embed_rows.T.contiguous(), grad_rows.T.contiguous())  # [C, N] x [HW, N]^T -> [C, HW]
 
 
+def _sparse_backward_applies(embeds: list[Tensor], features: Tensor) -> bool:
+    """Whether autograd records the mask products on the CPU, with nothing tracing or compiling: where
+    `mask_logits` runs `_MaskLogitsSparseBackward`."""
+    return (
+        torch.is_grad_enabled()
+        and (features.requires_grad or any(e.requires_grad for e in embeds))
+        and features.device.type == "cpu"
+        and not graph_capture_active()
+    )
+
+
+def layer_mask_logits(embed: Tensor, features: Tensor) -> Tensor:
+    """One decoder layer's mask logits, made in the decoder's loop (the next layer's attention mask needs
+    them), for `mask_logits(..., computed=...)` after the loop: without gradient where its sparse backward
+    takes them, else as `mask_logits` makes them (recorded by autograd where it records)."""
+    if _sparse_backward_applies([embed], features):
+        with torch.no_grad():
+            return _mask_product(embed, features)
+    return mask_logits([embed], features)[0]
+
+
 def mask_logits(embeds: list[Tensor], features: Tensor, computed: list[Tensor] | None = None) -> list[Tensor]:
     """embeds L x [B, Q, C] (one per decoder layer), features [B, C, H, W] -> L x mask logits
     [B, Q, H, W] (in autocast's dtype under autocast); with the sparse backward of
     `_MaskLogitsSparseBackward` when autograd records it on the CPU.
 
-    `computed`: these products, already made without gradient (the decoder needs each layer's masks
-    before the next layer runs). The sparse backward takes them as they are; where autograd records
-    einsum instead (other devices, tracing) they are made again."""
-    if not (torch.is_grad_enabled() and (features.requires_grad or any(e.requires_grad for e in embeds))):
+    `computed`: these masks as `layer_mask_logits` made them. The sparse backward takes them as they
+    are; elsewhere they are returned as they are (autograd, where it records, recorded them)."""
+    if not _sparse_backward_applies(embeds, features):
         return computed if computed is not None else [_mask_product(embed, features) for embed in embeds]
-    if features.device.type != "cpu" or graph_capture_active():
-        return [torch.einsum("bqc,bchw->bqhw", embed, features) for embed in embeds]
     if torch.is_autocast_enabled("cpu"):  # the casts autocast would make, recorded for the backward
         dtype = torch.get_autocast_dtype("cpu")
         embeds, features = [e.to(dtype) for e in embeds], features.to(dtype)
@@ -419,8 +437,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         (default: in training, when built with it), "aux_outputs": the earlier layers' predictions.
 
         With deep supervision each layer's masks are made at full resolution and resized for the
-        next layer's attention mask; they reach autograd after the last layer in one `mask_logits`
-        call (on the CPU: one sparse backward for all layers). Without it only the last layer's
+        next layer's attention mask (`layer_mask_logits`); on the CPU in training they reach autograd
+        after the last layer in one `mask_logits` call (one sparse backward for all layers). Without it only the last layer's
         masks are made at full resolution: the attention masks of the layers before come from mask
         features resized once to each scale (resizing is linear, so resize(embed . features) =
         embed . resize(features))."""
@@ -465,16 +483,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 embeds.append(embed)
             if i == self.num_layers:
                 break
-            with torch.no_grad():  # the attention mask is not differentiated
-                if scaled_features is None:  # deep supervision: this layer's masks, made here once
-                    computed.append(_mask_product(embed, mask_features))  # [B, Q, H, W]
-                    low_res = _resize_for_attention(computed[-1], sizes[i % self.num_feature_levels])
-                else:
+            if scaled_features is None:  # deep supervision: this layer's masks, made here once
+                computed.append(layer_mask_logits(embed, mask_features))  # [B, Q, H, W]
+                low_res = _resize_for_attention(computed[-1], sizes[i % self.num_feature_levels])
+            else:
+                with torch.no_grad():  # the attention mask is not differentiated
                     low_res = _mask_product(embed, scaled_features[i % self.num_feature_levels])
             attn_mask = self.attention_mask(low_res)
         if deep_supervision:
-            with torch.no_grad():
-                computed.append(_mask_product(embed, mask_features))
+            computed.append(layer_mask_logits(embed, mask_features))
         masks = mask_logits(embeds, mask_features, computed or None)  # L x [B, Q, H, W]
         out = {"pred_logits": classes[-1], "pred_masks": masks[-1]}
         if deep_supervision:
