@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
+from .weight_cache import cpu_autograd_records, inference_weights, preparing_weights_allowed
 
 __all__ = ["Linear", "linear"]
 
@@ -47,12 +47,9 @@ def onednn_training_path(x: Tensor, weight: Tensor) -> bool:
     """Whether `linear(x, weight)` runs `_OneDNNLinear`: float32 on the CPU, recorded by autograd, no
     autocast, nothing tracing or compiling."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and torch.is_grad_enabled()
-        and (x.requires_grad or weight.requires_grad)
+        x.dtype == weight.dtype == torch.float32
+        and cpu_autograd_records(x, weight)
         and not torch.is_autocast_enabled("cpu")
-        and not graph_capture_active()
         and torch.backends.mkldnn.is_available()
     )
 

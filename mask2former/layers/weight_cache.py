@@ -7,12 +7,24 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["graph_capture_active", "inference_weights", "preparing_weights_allowed"]
+__all__ = ["cpu_autograd_records", "graph_capture_active", "inference_weights", "preparing_weights_allowed"]
 
 
 def graph_capture_active() -> bool:
     """Whether the model is being traced, exported or compiled (which record portable operators)."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def cpu_autograd_records(*tensors: Tensor) -> bool:
+    """Whether autograd records an operator on these CPU tensors (gradient mode on, one of them
+    requiring a gradient) with nothing tracing, exporting or compiling: where the CPU training paths
+    of the layers apply."""
+    return (
+        tensors[0].device.type == "cpu"
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in tensors)
+        and not graph_capture_active()
+    )
 
 
 def preparing_weights_allowed() -> bool:

@@ -15,7 +15,12 @@ from torch import Tensor, nn
 from .batch_norm import FrozenBatchNorm2d
 from .group_norm import GroupNorm
 from .linear import linear, onednn_training_path
-from .weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
+from .weight_cache import (
+    cpu_autograd_records,
+    graph_capture_active,
+    inference_weights,
+    preparing_weights_allowed,
+)
 
 _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "BN": nn.BatchNorm2d,
@@ -165,12 +170,7 @@ def _autocast_training_as_linear(x: Tensor, weight: Tensor) -> bool:
     (357 GF/s) and an R50 384x384 step with them was no faster than with convolutions, while with
     128 channels and up it was 5-10 ms faster (three interleaved 12-step runs)."""
     return (
-        x.device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
-        and torch.is_grad_enabled()
-        and (x.requires_grad or weight.requires_grad)
-        and not graph_capture_active()
-        and min(weight.shape[:2]) >= 128
+        torch.is_autocast_enabled("cpu") and cpu_autograd_records(x, weight) and min(weight.shape[:2]) >= 128
     )
 
 

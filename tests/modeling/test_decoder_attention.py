@@ -16,6 +16,7 @@ from mask2former.modeling.transformer_decoder.masked_attention_decoder import (
     multi_head_attention,
 )
 
+weight_cache = importlib.import_module("mask2former.layers.weight_cache")
 decoder_module = importlib.import_module("mask2former.modeling.transformer_decoder.masked_attention_decoder")
 
 
@@ -178,7 +179,7 @@ def test_mask_logits_of_several_layers_sum_their_feature_gradients(channels_last
     gradient for the sparse backward ("given"), or recorded by autograd where the sparse backward
     does not apply ("recorded": as while tracing, or on another device)."""
     if given == "recorded":
-        monkeypatch.setattr(decoder_module, "graph_capture_active", lambda: True)
+        monkeypatch.setattr(weight_cache, "graph_capture_active", lambda: True)
     torch.manual_seed(3)
     embeds = [torch.randn(2, 10, 16, requires_grad=True) for _ in range(3)]
     features = torch.randn(2, 16, 5, 6)

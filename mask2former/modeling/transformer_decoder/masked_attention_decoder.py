@@ -21,7 +21,12 @@ from torch import Tensor, nn
 from ...config import CfgNode
 from ...layers import Linear, PositionEmbeddingSine, c2_xavier_fill, linear
 from ...layers.extension import compiled_op_available
-from ...layers.weight_cache import graph_capture_active, inference_weights, preparing_weights_allowed
+from ...layers.weight_cache import (
+    cpu_autograd_records,
+    graph_capture_active,
+    inference_weights,
+    preparing_weights_allowed,
+)
 from ..registry import TRANSFORMER_DECODER_REGISTRY
 
 
@@ -199,12 +204,7 @@ def _feature_gradient(
 def _sparse_backward_applies(embeds: list[Tensor], features: Tensor) -> bool:
     """Whether autograd records the mask products on the CPU, with nothing tracing or compiling: where
     `mask_logits` runs `_MaskLogitsSparseBackward`."""
-    return (
-        torch.is_grad_enabled()
-        and (features.requires_grad or any(e.requires_grad for e in embeds))
-        and features.device.type == "cpu"
-        and not graph_capture_active()
-    )
+    return cpu_autograd_records(features, *embeds)
 
 
 def layer_mask_logits(embed: Tensor, features: Tensor) -> Tensor:
